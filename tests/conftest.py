@@ -1,0 +1,42 @@
+"""Session fixtures shared by every test: the tiny models (built once, cached) and a served tool model."""
+
+from __future__ import annotations
+
+import os
+
+try:  # before anything imports mlx: use OpenBLAS on Linux CPU when present
+    from flywheel.blas import ensure_fast_blas
+
+    ensure_fast_blas()
+except ImportError:
+    pass
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """Directory of the random-weight tiny Qwen2-style model (no tool skill)."""
+    from flywheel.tinymodel import cached_model
+
+    return cached_model("random")
+
+
+@pytest.fixture(scope="session")
+def tool_model():
+    """Directory of the tiny model trained to emit <tool_call> blocks for the agent tools."""
+    from flywheel.tinymodel import cached_model
+
+    return cached_model("tool-calling")
+
+
+@pytest.fixture(scope="session")
+def tool_server(tool_model):
+    """A real `mlx_lm server` serving the tool-calling tiny model, for the whole session."""
+    from flywheel.server import MlxServer
+
+    with MlxServer(tool_model) as server:
+        yield server
