@@ -64,7 +64,10 @@ def server_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from mlx_lm.server import process_message_content
 
     messages = copy.deepcopy(messages)
-    process_message_content(messages)
+    try:
+        process_message_content(messages)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"tool call arguments are not valid JSON ({error})") from None
     return messages
 
 
@@ -101,8 +104,8 @@ def parse_completion(tokenizer, text: str, tools: list[dict] | None = None) -> P
     from mlx_lm.generate import TextStateMachine, make_text_state_machine
 
     eos = tokenizer.eos_token or ""
-    if eos and text.endswith(eos):
-        text = text[: -len(eos)]
+    if eos and eos in text:  # generation stops at the end-of-turn token; a rendered turn continues past it
+        text = text[: text.index(eos)]
     machine = make_text_state_machine(tokenizer)
     state = machine.make_state(tokenizer.response_initial_state or "normal")
     state, segments = TextStateMachine.split(state, text)
@@ -180,8 +183,8 @@ def round_trip(tokenizer, messages: list[dict], tools: list[dict] | None) -> Rou
         return RoundTrip(False, expected, [], f"last message has role {final.get('role')!r}, not assistant")
     try:
         text = completion_text(tokenizer, messages, tools)
-    except Exception as error:  # a template error is a property of the sample, reported, never raised
-        return RoundTrip(False, expected, [], f"chat template failed: {error}")
+    except Exception as error:  # a rendering error is a property of the sample, reported, never raised
+        return RoundTrip(False, expected, [], f"cannot render: {error}")
     turn = parse_completion(tokenizer, text, tools)
     if turn.unparsed:
         return RoundTrip(False, expected, turn.tool_calls, f"tool parser rejected {turn.unparsed[0][:80]!r}")
