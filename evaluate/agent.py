@@ -1,0 +1,332 @@
+"""The reference coding agent: pydantic-ai over an OpenAI-compatible endpoint, with real sandboxed tools.
+
+    agent = build_agent("http://127.0.0.1:8080/v1", "default", Workspace(files), session_id="s1")
+    episode = run_episode(task, base_url, model_name, max_steps=8)     # one task, checked end state
+    episodes = run_episodes(suite.held_out, base_url, model_name)      # many, with a progress bar
+
+Tools are read_file(path), write_file(path, content), list_files(path) and run_command(command, args, cwd?),
+advertised with exactly the JSON schemas of `flywheel.tinymodel.AGENT_TOOLS`. A sandbox refusal or a failing
+command is an ordinary tool result ("Error: ..." / {"exit_code": 1, ...}); arguments that fail validation (or an
+unknown tool name) make pydantic-ai send a retry prompt, counted as an invalid call; an empty response (what
+mlx_lm.server returns when the model wrote malformed tool JSON) makes pydantic-ai resend the request, counted
+in `empty_responses` and `retries`; `retries` counts every retry prompt and resend. Every HTTP request carries
+`X-Flywheel-Session: <session id>` so the recording proxy can group an episode's requests. The number of model
+requests is bounded by `max_steps` and the episode by `timeout`: a looping model ends as a failure, not a hang.
+Sampling is greedy (temperature 0); the OpenAI client does not retry failed requests (max_retries=0), so each
+model request is one HTTP request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+
+import httpx
+from openai import AsyncOpenAI
+from pydantic_ai import Agent, Tool, capture_run_messages
+from pydantic_ai.messages import ModelResponse, RetryPromptPart, ToolCallPart, ToolReturnPart
+from pydantic_ai.models.openai import OpenAIChatModel
+from pydantic_ai.providers.openai import OpenAIProvider
+from pydantic_ai.settings import ModelSettings
+from pydantic_ai.usage import UsageLimits
+
+from evaluate.sandbox import ToolError, Workspace
+from evaluate.tasks import Task, run_checks
+from flywheel.tinymodel import AGENT_TOOLS, SYSTEM_PROMPT
+from flywheel.trace import SESSION_HEADER
+
+DEFAULT_MAX_STEPS = 8
+DEFAULT_TIMEOUT = 120.0
+TOOL_ERROR_PREFIX = "Error: "
+
+
+@dataclass
+class Episode:
+    task_id: str
+    success: bool
+    tool_calls: int
+    invalid_calls: int
+    retries: int
+    steps: int
+    wall_s: float
+    answer: str | None
+    error: str | None
+    session_id: str = ""
+    template: str = ""
+    split: str = ""
+    tool_errors: int = 0
+    empty_responses: int = 0
+    failed_checks: list[str] = field(default_factory=list)
+    calls: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def tool_schemas() -> dict[str, dict]:
+    return {tool["function"]["name"]: tool["function"] for tool in AGENT_TOOLS}
+
+
+def agent_tools(workspace: Workspace) -> list[Tool]:
+    """pydantic-ai tools bound to `workspace`, advertised with the AGENT_TOOLS schemas verbatim."""
+
+    def guarded(function, *args):
+        try:
+            return function(*args)
+        except ToolError as error:
+            return f"{TOOL_ERROR_PREFIX}{error}"
+        except OSError as error:
+            return f"{TOOL_ERROR_PREFIX}{error.strerror or error}"
+
+    def read_file(path: str) -> str:
+        return guarded(workspace.read_file, path)
+
+    def write_file(path: str, content: str) -> str:
+        return guarded(workspace.write_file, path, content)
+
+    def list_files(path: str) -> str:
+        return guarded(workspace.list_files, path)
+
+    def run_command(command: str, args: list[str], cwd: str | None = None) -> str:
+        return guarded(workspace.run_command, command, args, cwd)
+
+    schemas = tool_schemas()
+
+    async def advertise_exact_schema(ctx, tool_def):
+        schema = schemas[tool_def.name]
+        return replace(
+            tool_def, description=schema["description"], parameters_json_schema=schema["parameters"]
+        )
+
+    functions = {f.__name__: f for f in (read_file, write_file, list_files, run_command)}
+    if set(functions) != set(schemas):
+        raise RuntimeError(f"AGENT_TOOLS names {sorted(schemas)} differ from the agent's {sorted(functions)}")
+    return [
+        Tool(function, takes_ctx=False, name=name, prepare=advertise_exact_schema, strict=False)
+        for name, function in functions.items()
+    ]
+
+
+def build_agent(
+    base_url: str,
+    model_name: str,
+    workspace: Workspace,
+    session_id: str | None = None,
+    *,
+    instructions: str | None = SYSTEM_PROMPT,
+    tool_retries: int = 2,
+    max_tokens: int | None = None,
+    request_timeout: float = 120.0,
+    http_client=None,
+) -> Agent:
+    """A pydantic-ai Agent that talks to `base_url` (an OpenAI-style …/v1) and acts in `workspace`."""
+    headers = {SESSION_HEADER: session_id or uuid.uuid4().hex}
+    client = AsyncOpenAI(
+        base_url=base_url,
+        api_key="flywheel-local",
+        max_retries=0,
+        timeout=request_timeout,
+        default_headers=headers,
+        http_client=http_client,
+    )
+    model = OpenAIChatModel(model_name, provider=OpenAIProvider(openai_client=client))
+    settings = ModelSettings(temperature=0.0)
+    if max_tokens is not None:
+        settings["max_tokens"] = max_tokens
+    return Agent(
+        model,
+        output_type=str,
+        instructions=instructions,
+        tools=agent_tools(workspace),
+        retries=tool_retries,
+        model_settings=settings,
+    )
+
+
+def count_messages(messages) -> dict:
+    """Tool calls, invalid calls, retries, tool errors, empty responses, model responses (`steps`) and the
+    list of calls made, from a run's messages."""
+    counts = {"tool_calls": 0, "invalid_calls": 0, "retries": 0, "tool_errors": 0, "steps": 0, "calls": []}
+    counts["empty_responses"] = 0
+    for index, message in enumerate(messages):
+        if isinstance(message, ModelResponse) and not message.parts:
+            # e.g. mlx_lm.server dropped a malformed call: pydantic-ai resends the same request (a retry)
+            counts["empty_responses"] += 1
+            counts["retries"] += index < len(messages) - 1
+        for part in message.parts:
+            if isinstance(part, ToolCallPart):
+                counts["tool_calls"] += 1
+                counts["calls"].append({"name": part.tool_name, "arguments": part.args})
+            elif isinstance(part, RetryPromptPart):
+                counts["retries"] += 1
+                counts["invalid_calls"] += part.tool_name is not None
+            elif isinstance(part, ToolReturnPart):
+                counts["tool_errors"] += str(part.content).startswith(TOOL_ERROR_PREFIX)
+        counts["steps"] += isinstance(message, ModelResponse)
+    return counts
+
+
+def describe(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return "TimeoutError: episode exceeded its time limit"
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}"[:500]
+
+
+async def run_episode_async(
+    task: Task,
+    base_url: str,
+    model_name: str,
+    *,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    timeout: float = DEFAULT_TIMEOUT,
+    session_id: str | None = None,
+    stream: bool = False,
+    command_timeout: float = 10.0,
+    **agent_options,
+) -> Episode:
+    """Run `task` once in a fresh workspace and check its end state (see `run_episode`)."""
+    session_id = session_id or f"{task.id}-{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    answer = error = None
+    with Workspace(task.files, timeout=command_timeout) as workspace:
+        agent = build_agent(base_url, model_name, workspace, session_id, **agent_options)
+        limits = UsageLimits(request_limit=max_steps)
+        handler = _drain_events if stream else None
+        with capture_run_messages() as messages:
+            try:
+                run = agent.run(task.prompt, usage_limits=limits, event_stream_handler=handler)
+                result = await asyncio.wait_for(run, timeout)
+                answer = result.output
+            except Exception as exc:  # any failure of the run is a failed episode, reported in `error`
+                error = describe(exc)
+                answer = None
+        if agent_options.get("http_client") is None:  # ours: close its connections now
+            await agent.model.client.close()
+        counts = count_messages(messages)
+        checks = run_checks(task, workspace.path, answer)
+    failed = [f"{r.check['type']}: {r.detail}" for r in checks if not r.passed]
+    return Episode(
+        task_id=task.id,
+        success=error is None and not failed,
+        tool_calls=counts["tool_calls"],
+        invalid_calls=counts["invalid_calls"],
+        retries=counts["retries"],
+        steps=counts["steps"],
+        wall_s=round(time.monotonic() - started, 3),
+        answer=answer,
+        error=error,
+        session_id=session_id,
+        template=task.template,
+        split=task.split,
+        tool_errors=counts["tool_errors"],
+        empty_responses=counts["empty_responses"],
+        failed_checks=failed,
+        calls=[{"name": c["name"], "arguments": _jsonable(c["arguments"])} for c in counts["calls"]],
+    )
+
+
+async def _drain_events(ctx, events) -> None:
+    async for _event in events:
+        pass
+
+
+def _jsonable(arguments):
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except json.JSONDecodeError:
+            return arguments
+    return arguments
+
+
+def run_episode(task: Task, base_url: str, model_name: str, **options) -> Episode:
+    """Run one task with the reference agent against `base_url` and check its end state.
+
+    Options: max_steps (model requests, default 8), timeout (seconds for the whole episode, default 120),
+    session_id, stream (use streaming requests), command_timeout, and build_agent's keyword options.
+    Not callable from inside a running event loop: use `run_episode_async` there."""
+    return asyncio.run(run_episode_async(task, base_url, model_name, **options))
+
+
+async def run_episodes_async(
+    tasks: list[Task], base_url: str, model_name: str, *, concurrency: int = 1, progress=None, **options
+) -> list[Episode]:
+    semaphore = asyncio.Semaphore(max(1, concurrency))
+    # one connection pool for all episodes: a new client per episode costs ~45 ms (TLS context set-up)
+    timeout = options.get("request_timeout", 120.0)
+    async with httpx.AsyncClient(timeout=timeout) as shared:
+        options = {"http_client": shared, **options}
+
+        async def one(task: Task) -> Episode:
+            async with semaphore:
+                episode = await run_episode_async(task, base_url, model_name, **options)
+            if progress is not None:
+                progress(episode)
+            return episode
+
+        return list(await asyncio.gather(*(one(task) for task in tasks)))
+
+
+def run_episodes(
+    tasks: list[Task],
+    base_url: str,
+    model_name: str,
+    *,
+    concurrency: int = 1,
+    show_progress: bool = True,
+    description: str = "episodes",
+    **options,
+) -> list[Episode]:
+    """Run every task (in order, `concurrency` at a time) with a rich progress bar; episodes in task order."""
+    if not show_progress:
+        return asyncio.run(
+            run_episodes_async(tasks, base_url, model_name, concurrency=concurrency, **options)
+        )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[ok]}"),
+    )
+    with Progress(*columns, TimeElapsedColumn(), transient=False) as bar:
+        bar_id = bar.add_task(description, total=len(tasks), ok="")
+        passed = [0]
+
+        def advance(episode: Episode) -> None:
+            passed[0] += episode.success
+            bar.update(bar_id, advance=1, ok=f"{passed[0]} passed")
+
+        return asyncio.run(
+            run_episodes_async(
+                tasks, base_url, model_name, concurrency=concurrency, progress=advance, **options
+            )
+        )
+
+
+def summarize(episodes: list[Episode]) -> dict:
+    """Success rate and totals (overall and per template) as a JSON-ready dict."""
+
+    def totals(group: list[Episode]) -> dict:
+        n = len(group)
+        return {
+            "episodes": n,
+            "success_rate": round(sum(e.success for e in group) / n, 4) if n else 0.0,
+            "tool_calls": sum(e.tool_calls for e in group),
+            "invalid_calls": sum(e.invalid_calls for e in group),
+            "retries": sum(e.retries for e in group),
+            "errors": sum(e.error is not None for e in group),
+            "mean_steps": round(sum(e.steps for e in group) / n, 3) if n else 0.0,
+            "wall_s": round(sum(e.wall_s for e in group), 3),
+        }
+
+    templates = sorted({e.template for e in episodes})
+    return {
+        **totals(episodes),
+        "by_template": {t: totals([e for e in episodes if e.template == t]) for t in templates},
+    }

@@ -1,0 +1,296 @@
+"""Agent task suites: templates with seeded parameters in a JSON data file, expanded into concrete tasks.
+
+A suite file (see `suites/default.json`) holds a `seed`, named `pools` of values (a list, or
+{"train": [...], "held_out": [...]} so held-out tasks draw new names), and `templates`, each with:
+- `name`, `count` {"train": n, "held_out": m} (a template missing from train is one the student never saw),
+- `params` in order, each one of {"pool": name} | {"choice": [...]} | {"int": [lo, hi]} | {"sum": [p, q]} |
+  {"lines": p, "pool": name} (p random pool values, one a line), optionally with "distinct_from": [params],
+- `prompt`, `files` {path: content} and `checks`, where `{param}` is replaced by its value (`{{` for `{`).
+
+Checks are declarative end-state tests, all of which must pass:
+  answer_contains / answer_not_contains {"value"}           the agent's final answer (case-sensitive)
+  file_equals {"path", "value"}                             file text, ignoring trailing newlines
+  file_contains / file_not_contains {"path", "value"}
+
+    suite = load_suite("default")            # or a path to a .json file
+    suite.train, suite.held_out              # lists of Task
+    results = run_checks(task, workspace_dir, answer)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+SUITES_DIR = Path(__file__).parent / "suites"
+SPLITS = ("train", "held_out")
+CHECK_TYPES = {
+    "answer_contains": ("value",),
+    "answer_not_contains": ("value",),
+    "file_equals": ("path", "value"),
+    "file_contains": ("path", "value"),
+    "file_not_contains": ("path", "value"),
+}
+PARAM_KINDS = ("pool", "choice", "int", "sum", "lines")
+PLACEHOLDER = re.compile(r"\{\{|\}\}|\{(\w+)\}")
+MAX_ATTEMPTS = 2000
+
+
+class SuiteError(ValueError):
+    """A suite file that cannot be expanded; the message names the file and field."""
+
+
+@dataclass
+class Task:
+    id: str
+    template: str
+    prompt: str
+    files: dict[str, str]
+    checks: list[dict]
+    split: str
+    params: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Suite:
+    name: str
+    train: list[Task]
+    held_out: list[Task]
+    path: Path | None = None
+
+    @property
+    def tasks(self) -> list[Task]:
+        return self.train + self.held_out
+
+    def split(self, name: str) -> list[Task]:
+        if name in ("all", "both"):
+            return self.tasks
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; use train, held_out or all")
+        return getattr(self, name)
+
+    def by_prompt(self) -> dict[str, Task]:
+        return {task.prompt: task for task in self.tasks}
+
+    def templates(self, split: str = "all") -> list[str]:
+        return sorted({task.template for task in self.split(split)})
+
+
+@dataclass
+class CheckResult:
+    check: dict
+    passed: bool
+    detail: str
+
+
+def substitute(text: str, params: dict[str, str], where: str) -> str:
+    def replace(match: re.Match) -> str:
+        if match.group(0) == "{{":
+            return "{"
+        if match.group(0) == "}}":
+            return "}"
+        name = match.group(1)
+        if name not in params:
+            raise SuiteError(f"{where}: unknown parameter {{{name}}}")
+        return params[name]
+
+    return PLACEHOLDER.sub(replace, text)
+
+
+def pool_values(pools: dict, name: str, split: str, where: str) -> list[str]:
+    if name not in pools:
+        raise SuiteError(f"{where}: unknown pool {name!r}")
+    pool = pools[name]
+    if isinstance(pool, dict):
+        if split not in pool:
+            raise SuiteError(f"{where}: pool {name!r} has no {split!r} list")
+        pool = pool[split]
+    if not isinstance(pool, list) or not pool:
+        raise SuiteError(f"{where}: pool {name!r} must be a non-empty list")
+    return [str(value) for value in pool]
+
+
+def draw_params(specs: dict, pools: dict, split: str, rng: random.Random, where: str) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for name, spec in specs.items():
+        here = f"{where}.params.{name}"
+        if not isinstance(spec, dict):
+            raise SuiteError(f"{here}: must be an object")
+        kinds = [kind for kind in PARAM_KINDS if kind in spec and not (kind == "pool" and "lines" in spec)]
+        if len(kinds) != 1:
+            raise SuiteError(f"{here}: needs exactly one of {', '.join(PARAM_KINDS)}")
+        kind = kinds[0]
+        avoid = set()
+        for other in spec.get("distinct_from", []):
+            if other not in params:
+                raise SuiteError(f"{here}.distinct_from: {other!r} is not an earlier parameter")
+            avoid.add(params[other])
+        if kind == "sum":
+            names = spec["sum"]
+            try:
+                params[name] = str(sum(int(params[n]) for n in names))
+            except (KeyError, ValueError, TypeError) as error:
+                raise SuiteError(f"{here}.sum: needs earlier integer parameters ({error})") from error
+            continue
+        if kind == "lines":
+            count_name = spec["lines"]
+            if count_name not in params or not params[count_name].isdigit():
+                raise SuiteError(f"{here}.lines: {count_name!r} must be an earlier integer parameter")
+            values = pool_values(pools, spec.get("pool", ""), split, f"{here}.pool")
+            params[name] = "".join(rng.choice(values) + "\n" for _ in range(int(params[count_name])))
+            continue
+        if kind == "int":
+            bounds = spec["int"]
+            if not (
+                isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, int) for b in bounds)
+            ):
+                raise SuiteError(f"{here}.int: must be [low, high] integers")
+            candidates = None
+        elif kind == "pool":
+            candidates = pool_values(pools, spec["pool"], split, f"{here}.pool")
+        else:
+            candidates = [str(value) for value in spec["choice"]]
+        for _ in range(MAX_ATTEMPTS):
+            value = str(rng.randint(*bounds)) if candidates is None else rng.choice(candidates)
+            if value not in avoid:
+                break
+        else:
+            raise SuiteError(f"{here}: no value distinct from {sorted(avoid)}")
+        params[name] = value
+    return params
+
+
+def expand_template(template: dict, pools: dict, split: str, count: int, rng, where: str, seen: set) -> list:
+    for key in ("name", "prompt", "checks"):
+        if key not in template:
+            raise SuiteError(f"{where}.{key}: missing")
+    checks = template["checks"]
+    if not isinstance(checks, list) or not checks:
+        raise SuiteError(f"{where}.checks: must be a non-empty list")
+    for i, check in enumerate(checks):
+        kind = check.get("type") if isinstance(check, dict) else None
+        if kind not in CHECK_TYPES:
+            raise SuiteError(f"{where}.checks[{i}].type: {kind!r} is not one of {', '.join(CHECK_TYPES)}")
+        for key in CHECK_TYPES[kind]:
+            if not isinstance(check.get(key), str):
+                raise SuiteError(f"{where}.checks[{i}].{key}: missing or not a string")
+    tasks = []
+    for _ in range(MAX_ATTEMPTS):
+        if len(tasks) == count:
+            break
+        params = draw_params(template.get("params", {}), pools, split, rng, where)
+        prompt = substitute(template["prompt"], params, f"{where}.prompt")
+        if prompt in seen:
+            continue
+        seen.add(prompt)
+        files = {
+            substitute(path, params, f"{where}.files"): substitute(
+                content, params, f"{where}.files[{path!r}]"
+            )
+            for path, content in template.get("files", {}).items()
+        }
+        task_checks = [
+            {key: substitute(value, params, f"{where}.checks[{i}].{key}") for key, value in check.items()}
+            for i, check in enumerate(checks)
+        ]
+        task_id = f"{template['name']}-{split}-{len(tasks):02d}"
+        tasks.append(Task(task_id, template["name"], prompt, files, task_checks, split, params))
+    else:
+        raise SuiteError(f"{where}: could not draw {count} distinct {split} prompts; widen its pools")
+    return tasks
+
+
+def build_suite(data: dict, name: str, path: Path | None = None) -> Suite:
+    source = str(path) if path else name
+    if not isinstance(data, dict) or not isinstance(data.get("templates"), list):
+        raise SuiteError(f"{source}: templates: missing or not a list")
+    rng = random.Random(data.get("seed", 0))
+    pools = data.get("pools", {})
+    split_tasks: dict[str, list[Task]] = {split: [] for split in SPLITS}
+    seen: set[str] = set()
+    names = set()
+    for index, template in enumerate(data["templates"]):
+        where = f"{source}: templates[{index}]"
+        if not isinstance(template, dict):
+            raise SuiteError(f"{where}: must be an object")
+        if template.get("name") in names:
+            raise SuiteError(f"{where}.name: duplicate template {template.get('name')!r}")
+        names.add(template.get("name"))
+        counts = template.get("count", {})
+        for split in counts:
+            if split not in SPLITS:
+                raise SuiteError(f"{where}.count.{split}: unknown split (use train, held_out)")
+        for split in SPLITS:
+            count = counts.get(split, 0)
+            if not isinstance(count, int) or count < 0:
+                raise SuiteError(f"{where}.count.{split}: must be a non-negative integer")
+            split_tasks[split] += expand_template(template, pools, split, count, rng, where, seen)
+    return Suite(data.get("name", name), split_tasks["train"], split_tasks["held_out"], path)
+
+
+def available_suites() -> list[str]:
+    return sorted(path.stem for path in SUITES_DIR.glob("*.json"))
+
+
+def load_suite(name_or_path: str | Path = "default") -> Suite:
+    """A suite by name (a file in evaluate/suites/) or by path to a JSON suite file."""
+    path = Path(name_or_path)
+    if not path.exists():
+        path = SUITES_DIR / f"{name_or_path}.json"
+        if not path.exists():
+            raise SuiteError(
+                f"suite {str(name_or_path)!r} not found: not a file, and not one of {', '.join(available_suites())}"
+            )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise SuiteError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from error
+    return build_suite(data, path.stem, path)
+
+
+def read_workspace_file(root: Path, path: str) -> str | None:
+    root = Path(root).resolve()
+    target = (root / path).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        return None
+    return target.read_bytes().decode("utf-8", errors="replace")
+
+
+def run_check(check: dict, root: Path, answer: str | None) -> CheckResult:
+    kind, value = check["type"], check["value"]
+    if kind.startswith("answer_"):
+        text = answer or ""
+        found = value in text
+        ok = found if kind == "answer_contains" else not found
+        return CheckResult(check, ok, f"answer {'contains' if found else 'lacks'} {value!r}")
+    content = read_workspace_file(root, check["path"])
+    if content is None:
+        return CheckResult(check, kind == "file_not_contains", f"{check['path']} does not exist")
+    if kind == "file_equals":
+        ok = content.rstrip("\n") == value.rstrip("\n")
+        return CheckResult(check, ok, f"{check['path']} {'equals' if ok else 'differs from'} {value!r}")
+    found = value in content
+    ok = found if kind == "file_contains" else not found
+    return CheckResult(check, ok, f"{check['path']} {'contains' if found else 'lacks'} {value!r}")
+
+
+def run_checks(task: Task, root: str | Path, answer: str | None) -> list[CheckResult]:
+    """Every check of `task` against the workspace directory `root` and the agent's final answer."""
+    return [run_check(check, Path(root), answer) for check in task.checks]
+
+
+def task_passed(task: Task, root: str | Path, answer: str | None) -> bool:
+    return all(result.passed for result in run_checks(task, root, answer))
+
+
+if __name__ == "__main__":
+    import sys
+
+    suite = load_suite(sys.argv[1] if len(sys.argv) > 1 else "default")
+    print(json.dumps({"name": suite.name, "tasks": [task.to_dict() for task in suite.tasks]}, indent=1))

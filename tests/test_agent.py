@@ -1,0 +1,222 @@
+"""The reference agent (real pydantic-ai over real HTTP, real sandboxed tools) and the task suite."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from evaluate.agent import Episode, run_episode, run_episodes
+from evaluate.tasks import SuiteError, Task, load_suite, run_checks
+from evaluate.teacher import Teacher
+from flywheel.tinymodel import AGENT_TOOLS
+from flywheel.trace import SESSION_HEADER
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return load_suite("default")
+
+
+def first(suite, template: str, split: str = "train") -> Task:
+    return next(t for t in suite.split(split) if t.template == template)
+
+
+# ------------------------------------------------------------------------------------------- the suite
+
+
+def test_suite_shape(suite):
+    assert len(suite.train) + len(suite.held_out) >= 30
+    assert {t.split for t in suite.train} == {"train"} and {t.split for t in suite.held_out} == {"held_out"}
+    train_prompts = {t.prompt for t in suite.train}
+    assert not train_prompts & {t.prompt for t in suite.held_out}
+    unseen = set(suite.templates("held_out")) - set(suite.templates("train"))
+    assert len(unseen) >= 2
+    assert {
+        "read_value",
+        "create_file",
+        "replace_value",
+        "find_definition",
+        "run_script",
+        "copy_value",
+        "say_word",
+    } <= set(suite.templates("train"))
+    assert len({t.id for t in suite.tasks}) == len(suite.tasks)
+    assert max(len(t.prompt) for t in suite.tasks) <= 60  # short prompts: the student pays per token
+    again = load_suite("default")
+    assert [t.to_dict() for t in again.tasks] == [t.to_dict() for t in suite.tasks]  # seeded: deterministic
+
+
+def test_held_out_draws_new_names(suite):
+    train_files = {t.params.get("file") for t in suite.train} - {None}
+    held_files = {t.params.get("file") for t in suite.held_out} - {None}
+    assert held_files and not train_files & held_files
+
+
+def test_checkers_pass_and_fail_on_real_files(suite, tmp_path):
+    task = first(suite, "replace_value")
+    key, new, old = task.params["key"], task.params["new"], task.params["value"]
+    original = task.files[task.params["file"]]
+    (tmp_path / task.params["file"]).write_text(original)
+    assert [r.passed for r in run_checks(task, tmp_path, "Done.")] == [False, False, True]
+    (tmp_path / task.params["file"]).write_text(original.replace(f"{key} = {old}", f"{key} = {new}"))
+    assert all(r.passed for r in run_checks(task, tmp_path, "Done."))
+    read = first(suite, "read_value")
+    assert all(r.passed for r in run_checks(read, tmp_path, f"It is {read.params['value']}."))
+    both = f"{read.params['value']} or {read.params['other_value']}"
+    assert not all(r.passed for r in run_checks(read, tmp_path, both))
+
+
+def test_bad_suite_files_name_the_field(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(
+        json.dumps(
+            {"templates": [{"name": "t", "prompt": "Read {file}.", "checks": [], "count": {"train": 1}}]}
+        )
+    )
+    with pytest.raises(SuiteError, match=r"bad.json: templates\[0\].checks: must be a non-empty list"):
+        load_suite(path)
+    template = {"name": "t", "prompt": "Read {nope}.", "checks": [{"type": "answer_contains", "value": "x"}]}
+    path.write_text(json.dumps({"templates": [{**template, "count": {"train": 1}}]}))
+    with pytest.raises(SuiteError, match=r"templates\[0\].prompt: unknown parameter \{nope\}"):
+        load_suite(path)
+    path.write_text('{"templates": [\n  oops]}')
+    with pytest.raises(SuiteError, match=r"bad.json:2: invalid JSON"):
+        load_suite(path)
+    with pytest.raises(SuiteError, match="not one of default"):
+        load_suite("no-such-suite")
+
+
+# ------------------------------------------------------------------------------------------- the agent
+
+
+def test_requests_carry_session_header_exact_tools_and_temperature_zero(suite):
+    task = first(suite, "replace_value")
+    with Teacher(suite, record=True) as teacher:
+        episode = run_episode(task, teacher.base_url, teacher.model_name, session_id="sess-42")
+    assert episode.success and episode.steps == 3 == len(teacher.recorded)
+    for request in teacher.recorded:
+        headers = {k.lower(): v for k, v in request["headers"].items()}
+        assert headers[SESSION_HEADER.lower()] == "sess-42"
+        assert request["body"]["tools"] == AGENT_TOOLS
+        assert request["body"]["temperature"] == 0
+        assert request["body"]["messages"][1] == {"role": "user", "content": task.prompt}
+    assert episode.tool_calls == 2 and episode.calls[0] == {
+        "name": "read_file",
+        "arguments": {"path": task.params["file"]},
+    }
+
+
+def test_streaming_episodes_succeed(suite):
+    tasks = [
+        first(suite, t, "held_out") for t in ("find_definition", "run_script", "append_line", "say_word")
+    ]
+    with Teacher(suite) as teacher:
+        episodes = run_episodes(tasks, teacher.base_url, teacher.model_name, stream=True, show_progress=False)
+    assert [(e.task_id, e.success) for e in episodes] == [(t.id, True) for t in tasks]
+
+
+def test_sandbox_refusals_reach_the_model_as_tool_results(suite):
+    task = first(suite, "say_word")
+    with Teacher(suite, policy="escape") as teacher:
+        episode = run_episode(task, teacher.base_url, teacher.model_name)
+    assert episode.error is None and episode.invalid_calls == 0 and episode.retries == 0
+    assert episode.tool_calls == 6 == episode.tool_errors
+    lines = episode.answer.splitlines()
+    assert len(lines) == 6 and all(line.startswith("Error: ") for line in lines)
+    assert "not allowed" in lines[0] and "'bash' is not allowed" in lines[5]
+    assert not episode.success
+
+
+def test_invalid_arguments_are_retried_and_counted(suite):
+    task = first(suite, "copy_value")
+    with Teacher(suite, policy="flaky") as teacher:
+        episode = run_episode(task, teacher.base_url, teacher.model_name)
+    assert episode.success
+    assert episode.invalid_calls == 1 and episode.retries == 1 and episode.tool_calls == 3
+    assert episode.calls[0] == {"name": "read_file", "arguments": {"file": "?"}}
+
+
+def test_a_looping_model_ends_as_a_failure_at_the_step_limit(suite):
+    task = first(suite, "read_value")
+    with Teacher(suite, policy="loop") as teacher:
+        started = time.monotonic()
+        episode = run_episode(task, teacher.base_url, teacher.model_name, max_steps=5)
+        assert time.monotonic() - started < 30
+        assert teacher.requests == 5
+    assert not episode.success and episode.steps == 5 and episode.tool_calls == 5
+    assert episode.error.startswith("UsageLimitExceeded")
+
+
+def test_a_hanging_server_ends_as_a_timeout(suite):
+    """A server that accepts the connection and never answers: the episode times out, it does not hang."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        accepted = []
+        threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
+        started = time.monotonic()
+        episode = run_episode(
+            first(suite, "say_word"), f"http://127.0.0.1:{server.getsockname()[1]}/v1", "m", timeout=2
+        )
+        assert time.monotonic() - started < 10
+    assert not episode.success and episode.error.startswith("TimeoutError")
+    assert isinstance(episode, Episode) and episode.steps == 0
+
+
+def test_recording_proxy_sees_every_agent_request(suite, tmp_path):
+    proxy = importlib.import_module("proxy")
+    if not hasattr(proxy, "RecordingProxy"):
+        pytest.skip("proxy.RecordingProxy not written yet")
+    from flywheel.trace import read_records
+
+    tasks = [first(suite, t) for t in ("read_value", "find_definition", "say_word")]
+    streamed = first(suite, "copy_value")
+    with Teacher(suite) as teacher, proxy.RecordingProxy(teacher.url, tmp_path / "traces") as recording:
+        episodes = run_episodes(tasks, recording.base_url, teacher.model_name, show_progress=False)
+        episodes.append(run_episode(streamed, recording.base_url, teacher.model_name, stream=True))
+        summary = recording.stop()
+        trace_file = recording.trace_file
+    assert all(e.success for e in episodes), [(e.task_id, e.error, e.failed_checks) for e in episodes]
+    records = list(read_records([trace_file]))
+    assert len(records) == sum(e.steps for e in episodes) == teacher.requests
+    assert summary is None or summary.get("recorded", len(records)) == len(records)
+    sessions = [r["session_id"] for r in records]
+    assert sorted(set(sessions)) == sorted(e.session_id for e in episodes)
+    for episode in episodes:
+        assert sessions.count(episode.session_id) == episode.steps
+
+
+def test_a_lost_tool_call_is_counted_and_fails(suite):
+    """mlx_lm.server's answer to malformed tool JSON (finish_reason tool_calls, no calls): pydantic-ai resends,
+    then gives up; the episode fails with every empty response counted."""
+    task = first(suite, "read_value")
+    with Teacher(suite, policy="lost-call") as teacher:
+        for stream in (False, True):
+            episode = run_episode(task, teacher.base_url, teacher.model_name, stream=stream, tool_retries=2)
+            assert not episode.success and episode.error.startswith("UnexpectedModelBehavior")
+            assert episode.empty_responses == episode.steps == 3 and episode.retries == 2
+            assert episode.tool_calls == 0 and episode.answer is None
+
+
+@pytest.mark.slow
+def test_agent_runs_against_a_real_mlx_server(suite, tool_server):
+    """The same agent against `mlx_lm server` serving the tiny tool-calling model: episodes end (no hang), and
+    whatever the model does is counted; a tiny model is not expected to solve the tasks."""
+    tasks = [first(suite, t) for t in ("read_value", "create_file", "run_script", "say_word")]
+    episodes = run_episodes(
+        tasks, tool_server.base_url, "default_model", max_steps=4, timeout=180, show_progress=False
+    )
+    names = {tool["function"]["name"] for tool in AGENT_TOOLS}
+    for episode in episodes:
+        assert 1 <= episode.steps <= 4
+        assert episode.error is None or episode.error.split(":")[0] in {
+            "UsageLimitExceeded",
+            "UnexpectedModelBehavior",
+        }, episode.error
+        assert all(call["name"] in names or episode.invalid_calls for call in episode.calls)
+    assert sum(e.tool_calls for e in episodes) >= 1  # the tool-calling model does call tools
