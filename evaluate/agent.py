@@ -121,12 +121,13 @@ def build_agent(
     max_tokens: int | None = None,
     request_timeout: float = 120.0,
     http_client=None,
+    api_key: str = "flywheel-local",
 ) -> Agent:
     """A pydantic-ai Agent that talks to `base_url` (an OpenAI-style …/v1) and acts in `workspace`."""
     headers = {SESSION_HEADER: session_id or uuid.uuid4().hex}
     client = AsyncOpenAI(
         base_url=base_url,
-        api_key="flywheel-local",
+        api_key=api_key,
         max_retries=0,
         timeout=request_timeout,
         default_headers=headers,

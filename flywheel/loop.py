@@ -1,0 +1,286 @@
+"""One turn of the flywheel: collect traces through the proxy, curate, train, evaluate.
+
+    from flywheel.loop import LoopConfig, run_loop
+    result = run_loop(LoopConfig(quick=True))
+
+Each stage writes its artifacts under the run's name (traces/RUN/, data/RUN/, adapters/RUN/,
+reports/RUN.{json,html}) and a completion marker; a re-run with the same settings reuses every completed
+stage, and a stage left incomplete by an interrupted run is moved aside (never overwritten).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+
+SCRIPTED_TEACHER = "scripted demonstrator"
+STAGE_MARKER = ".flywheel-stage.json"
+
+
+@dataclass
+class LoopConfig:
+    student: str | None = None  # model directory; None: the cached tiny random-weight model
+    teacher: str | None = None  # OpenAI-compatible base URL (…/v1); None: the scripted demonstrator
+    teacher_model: str | None = None  # model name at the teacher; None: its first /v1/models entry
+    teacher_api_key: str = "x"
+    suite: str = "demo"
+    quick: bool = False
+    run: str | None = None  # None: derived from the settings, so a re-run reuses finished stages
+    root: Path = Path(".")
+    seed: int = 0
+    # collection: each train task is run this many times (the scripted teacher is deterministic, so the
+    # suite's own variety matters more than repeats)
+    episodes_per_task: int = 1
+    # training (the tiny student learns from random weights: full fine-tuning, high learning rate)
+    fine_tune_type: str = "full"
+    iters: int = 1200
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    max_seq_length: int = 1024
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    # evaluation
+    agent_max_steps: int = 6
+    eval_limit: int | None = None  # held-out tasks and test samples evaluated (None: all)
+
+    def effective(self) -> LoopConfig:
+        """Quick mode: the CI-sized run (fewer iterations, fewer evaluation cases)."""
+        if not self.quick:
+            return self
+        quick = LoopConfig(**{**asdict(self), "root": self.root})
+        quick.iters = min(self.iters, 150)
+        quick.eval_limit = self.eval_limit or 6
+        return quick
+
+    def fingerprint(self) -> str:
+        settings = {k: v for k, v in asdict(self).items() if k not in ("run", "root")}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+@dataclass
+class LoopResult:
+    run: str
+    traces_dir: Path
+    data_dir: Path
+    adapter_dir: Path
+    report_json: Path
+    report_html: Path
+    collection: dict
+    report: dict
+    stage_seconds: dict[str, float]
+    reused: list[str]
+
+
+class LoopError(RuntimeError):
+    """A stage could not produce its artifact; the message says which and why."""
+
+
+def stage_done(path: Path) -> dict | None:
+    marker = path / STAGE_MARKER if path.is_dir() else path.with_name(path.name + STAGE_MARKER)
+    if marker.exists():
+        return json.loads(marker.read_text())
+    return None
+
+
+def mark_done(path: Path, info: dict) -> None:
+    marker = path / STAGE_MARKER if path.is_dir() else path.with_name(path.name + STAGE_MARKER)
+    marker.write_text(json.dumps({**info, "completed": dt.datetime.now(dt.UTC).isoformat()}, indent=2) + "\n")
+
+
+def move_aside(path: Path) -> Path | None:
+    """An interrupted stage's leftovers are kept, renamed, never overwritten."""
+    if not path.exists():
+        return None
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.incomplete-{stamp}")
+    path.rename(target)
+    return target
+
+
+def upstream_root(base_url: str) -> str:
+    """The proxy forwards whole paths: strip a trailing /v1 from an OpenAI base URL."""
+    url = base_url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+def teacher_model_name(base_url: str, api_key: str) -> str:
+    response = httpx.get(f"{base_url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"})
+    response.raise_for_status()
+    models = response.json().get("data") or []
+    if not models:
+        raise LoopError(f"{base_url}/models lists no model: pass --teacher-model")
+    return models[0]["id"]
+
+
+def collect(config: LoopConfig, suite, traces_dir: Path, console: Console) -> dict:
+    """Run the reference agent on the suite's train tasks against the teacher, through the recording proxy."""
+    from evaluate.agent import run_episodes
+    from evaluate.teacher import Teacher
+    from flywheel.trace import read_records
+    from proxy import RecordingProxy
+
+    tasks = [task for task in suite.train for _ in range(config.episodes_per_task)]
+    with ExitStack() as stack:
+        if config.teacher is None:
+            teacher = stack.enter_context(Teacher(suite))
+            upstream, model_name, label = teacher.url, teacher.model_name, SCRIPTED_TEACHER
+        else:
+            upstream = upstream_root(config.teacher)
+            model_name = config.teacher_model or teacher_model_name(config.teacher, config.teacher_api_key)
+            teacher, label = None, f"{model_name} at {config.teacher}"
+        console.print(f"  teacher: [bold]{label}[/]")
+        proxy = stack.enter_context(RecordingProxy(upstream, traces_dir))
+        episodes = run_episodes(
+            tasks,
+            proxy.base_url,
+            model_name,
+            description="collect · train tasks",
+            max_steps=config.agent_max_steps + 2,
+            api_key=config.teacher_api_key,
+        )
+    summary = proxy.summary or {}
+    records = list(read_records([traces_dir]))
+    agent_requests = sum(e.steps for e in episodes)
+    collection = {
+        "teacher": label,
+        "teacher_model": model_name,
+        "episodes": len(episodes),
+        "solved": sum(e.success for e in episodes),
+        "agent_requests": agent_requests,
+        "teacher_requests": getattr(teacher, "requests", None),
+        "recorded": len(records),
+        "proxy_summary": summary,
+        "trace_files": sorted(str(p) for p in traces_dir.glob("*.jsonl")),
+    }
+    if len(records) != agent_requests:
+        raise LoopError(
+            f"proxy recorded {len(records)} exchanges but the agent made {agent_requests} requests"
+        )
+    return collection
+
+
+def run_loop(config: LoopConfig, console: Console | None = None) -> LoopResult:
+    import curate
+    import evaluate
+    import train
+    from evaluate.tasks import load_suite
+    from flywheel.tinymodel import cached_model
+
+    console = console or Console(stderr=True)
+    config = config.effective()
+    root = Path(config.root)
+    name = config.run or f"{'quick' if config.quick else 'demo'}-{config.fingerprint()}"
+    traces_dir, data_dir = root / "traces" / name, root / "data" / name
+    adapter_dir, reports_dir = root / "adapters" / name, root / "reports"
+    report_json = reports_dir / f"{name}.json"
+    seconds: dict[str, float] = {}
+    reused: list[str] = []
+    suite = load_suite(config.suite)
+
+    def stage(title: str, artifact: Path) -> bool:
+        """Print the stage header; True when its artifact is already complete (reuse it)."""
+        if stage_done(artifact):
+            console.print(f"[bold]{title}[/] → {artifact} [green](reused: complete from an earlier run)[/]")
+            reused.append(title)
+            return True
+        if (aside := move_aside(artifact)) is not None:
+            console.print(f"  [yellow]kept an interrupted earlier attempt as {aside}[/]")
+        console.print(f"[bold]{title}[/] → {artifact}")
+        return False
+
+    console.rule(f"flywheel run [bold]{name}[/]")
+    started = time.monotonic()
+    student = Path(config.student) if config.student else cached_model("random")
+    seconds["student"] = time.monotonic() - started
+    console.print(f"[bold]1 student[/] → {student}")
+
+    # 2–3: teacher behind the recording proxy, agent on the train tasks
+    started = time.monotonic()
+    if not stage("2-3 collect traces (teacher → proxy → agent)", traces_dir):
+        traces_dir.mkdir(parents=True)
+        collection = collect(config, suite, traces_dir, console)
+        (traces_dir / "collection.json").write_text(json.dumps(collection, indent=2) + "\n")
+        mark_done(traces_dir, {"stage": "collect", "recorded": collection["recorded"]})
+    collection = json.loads((traces_dir / "collection.json").read_text())
+    console.print(
+        f"  {collection['episodes']} episodes ({collection['solved']} solved by the teacher), "
+        f"{collection['agent_requests']} agent requests, {collection['recorded']} exchanges recorded"
+    )
+    seconds["collect"] = time.monotonic() - started
+
+    # 4: curate
+    started = time.monotonic()
+    if not stage("4 curate", data_dir):
+        report = curate.run([traces_dir], data_dir, curate.load_config(seed=config.seed, model=str(student)))
+        report.print_summary(console)
+        if reason := report.failure_reason():
+            raise LoopError(f"curate: {reason}")
+        mark_done(data_dir, {"stage": "curate", "split": report.split_counts})
+    seconds["curate"] = time.monotonic() - started
+
+    # 5: train the student
+    started = time.monotonic()
+    if not stage("5 train the student", adapter_dir):
+        settings = {
+            "model": str(student),
+            "data": str(data_dir),
+            "adapter": str(adapter_dir),
+            "fine_tune_type": config.fine_tune_type,
+            "num_layers": -1,
+            "iters": config.iters,
+            "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate,
+            "lr_schedule": "cosine",
+            "lr_warmup": min(50, config.iters // 10),
+            "min_learning_rate": config.learning_rate / 100,
+            "max_seq_length": config.max_seq_length,
+            "seed": config.seed,
+            "steps_per_eval": max(config.iters // 4, 1),
+            "save_every": max(config.iters // 4, 1),
+            **config.train_overrides,
+        }
+        train.run(train.TrainConfig(**settings), console=console)
+        mark_done(adapter_dir, {"stage": "train"})
+    seconds["train"] = time.monotonic() - started
+
+    # 6: evaluate base vs adapter, held-out tasks (agent) and the test split (turns)
+    started = time.monotonic()
+    if not stage("6 evaluate base vs adapter", report_json):
+        test_split = data_dir / "test.jsonl"
+        eval_config = evaluate.EvalConfig(
+            adapter=adapter_dir,
+            model=str(student),
+            data=test_split,
+            turns=test_split.exists() and test_split.stat().st_size > 0,
+            tasks=config.suite,
+            out_dir=reports_dir,
+            name=name,
+            limit=config.eval_limit,
+            agent_max_steps=config.agent_max_steps,
+            seed=config.seed,
+        )
+        report = evaluate.run(eval_config, console=console)
+        mark_done(report_json, {"stage": "evaluate"})
+    report = json.loads(report_json.read_text())
+    seconds["evaluate"] = time.monotonic() - started
+
+    return LoopResult(
+        run=name,
+        traces_dir=traces_dir,
+        data_dir=data_dir,
+        adapter_dir=adapter_dir,
+        report_json=report_json,
+        report_html=report_json.with_suffix(".html"),
+        collection=collection,
+        report=report,
+        stage_seconds=seconds,
+        reused=reused,
+    )

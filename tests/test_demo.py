@@ -1,0 +1,74 @@
+"""The main job, `python -m flywheel --quick`, end to end on the tiny student, every artifact checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flywheel.trace import read_trace_lines, validation_errors
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flywheel-run")
+    command = [sys.executable, "-m", "flywheel", "--quick", "--root", str(root)]
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    (run_name,) = [p.name for p in (root / "traces").iterdir()]
+    return root, run_name, first, again
+
+
+@pytest.mark.timeout(1200)
+def test_quick_demo_produces_every_artifact(quick_run):
+    root, run, first, _ = quick_run
+    traces, data, adapter = root / "traces" / run, root / "data" / run, root / "adapters" / run
+
+    # Traces: every line a valid record; the proxy recorded exactly the agent's requests.
+    lines = list(read_trace_lines([traces]))
+    assert lines and all(line.error is None and not validation_errors(line.record) for line in lines)
+    collection = json.loads((traces / "collection.json").read_text())
+    assert collection["teacher"] == "scripted demonstrator"
+    assert (
+        collection["recorded"] == len(lines) == collection["agent_requests"] == collection["teacher_requests"]
+    )
+    assert collection["solved"] == collection["episodes"] > 0
+    assert all(line.record["session_id"] for line in lines)
+
+    # Curate: the accounting identity holds and there is data to train on.
+    report = json.loads((data / "report.json").read_text())
+    for unit in ("exchanges", "samples"):
+        counts = report[unit]
+        assert counts["in"] == counts["kept"] + counts["rejected"] + counts["deduplicated"]
+    assert report["exchanges"]["in"] == len(lines)
+    assert sum(1 for _ in (data / "train.jsonl").open()) > 0
+
+    # Train: the adapter loads with mlx-lm.
+    from mlx_lm import load
+
+    manifest = json.loads((adapter / "manifest.json").read_text())
+    model, _ = load(manifest.get("base_model_path") or manifest["base_model"], adapter_path=str(adapter))
+    assert model is not None
+
+    # Evaluate: base and adapter scores plus paired statistics, JSON and HTML.
+    result = json.loads((root / "reports" / f"{run}.json").read_text())
+    success = result["agent"]["comparison"]["success"]
+    assert {"base_rate", "adapter_rate", "mcnemar_p", "ci_low", "ci_high"} <= set(success)
+    assert result["turns"]["baseline"]["rates"] and result["turns"]["candidate"]["rates"]
+    html = (root / "reports" / f"{run}.html").read_text()
+    assert "<table" in html and run in html
+    assert "McNemar p" in first.stdout and "held-out tasks solved by the agent" in first.stdout
+
+
+def test_rerun_reuses_every_stage_and_overwrites_nothing(quick_run):
+    root, run, first, again = quick_run
+    assert again.stderr.count("reused: complete from an earlier run") == 4
+    assert "total" in again.stdout
+    assert not list(root.rglob("*.incomplete-*"))
