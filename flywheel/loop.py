@@ -160,9 +160,10 @@ def collect(config: LoopConfig, suite, traces_dir: Path, console: Console) -> di
         "proxy_summary": summary,
         "trace_files": sorted(str(p) for p in traces_dir.glob("*.jsonl")),
     }
-    if len(records) != agent_requests:
+    if len(records) != agent_requests or collection["teacher_requests"] not in (None, agent_requests):
         raise LoopError(
-            f"proxy recorded {len(records)} exchanges but the agent made {agent_requests} requests"
+            f"proxy recorded {len(records)} exchanges; the agent made {agent_requests} requests"
+            f" and the teacher answered {collection['teacher_requests']}"
         )
     return collection
 
