@@ -140,7 +140,8 @@ def parse_completion(tokenizer, text: str, tools: list[dict] | None = None) -> P
             if not isinstance(call, dict) or not isinstance(call.get("name"), str):
                 turn.unparsed.append(tool_text)
                 continue
-            turn.tool_calls.append(ToolCall(call["name"], decode_arguments(call.get("arguments", {}))))
+            # as the server does: arguments stay what the model wrote (a JSON string stays a string)
+            turn.tool_calls.append(ToolCall(call["name"], call.get("arguments", {})))
     return turn
 
 

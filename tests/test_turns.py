@@ -1,0 +1,152 @@
+"""Turn-level evaluation on the tiny models: batched in-process generation, the server path, and their agreement."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from evaluate.scoring import CODES
+from evaluate.turns import (
+    RATE_NAMES,
+    SERVER_DROPPED,
+    evaluate_turns,
+    evaluate_turns_server,
+    load_samples,
+    request_messages,
+    split_sample,
+)
+from flywheel.tinymodel import tool_call_samples
+from flywheel.toolcalls import render
+
+HELD_OUT_SEED = 4242  # the tiny tool model is trained on seed 0
+
+
+@pytest.fixture(scope="module")
+def tool_lm(tool_model):
+    from mlx_lm import load
+
+    return load(str(tool_model))
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    return tool_call_samples(16, HELD_OUT_SEED)
+
+
+def write_jsonl(path, rows) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_load_samples_names_the_bad_line(tmp_path):
+    good = tool_call_samples(1, 1)[0]
+    data = tmp_path / "test.jsonl"
+    data.write_text(json.dumps(good) + "\n\n{not json\n")
+    with pytest.raises(ValueError, match=r"test\.jsonl:3: not valid JSON"):
+        load_samples(data)
+    bad = {"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "again"}]}
+    write_jsonl(data, [good, bad])
+    with pytest.raises(ValueError, match=r"test\.jsonl:2: last message has role 'user'"):
+        load_samples(data)
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        load_samples(tmp_path / "missing.jsonl")
+    write_jsonl(data, [good, {**good, "meta": {"session": "s"}}])
+    samples = load_samples(data)
+    assert [s["where"] for s in samples] == [f"{data}:1", f"{data}:2"]
+
+
+def test_split_sample_prompt_and_reference():
+    sample = tool_call_samples(1, 3)[0]
+    prompt, tools, reference = split_sample(sample)
+    assert prompt == sample["messages"][:-1] and reference is sample["messages"][-1]
+    assert tools == sample["tools"]
+
+
+def test_request_messages_render_like_the_sample(tiny_model):
+    # what the server path sends (string arguments, as OpenAI clients do) templates exactly like the dict form
+    from flywheel.toolcalls import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model)
+    sample = next(
+        s
+        for s in tool_call_samples(40, 5)
+        if s["messages"][-1]["role"] == "assistant" and len(s["messages"]) > 4
+    )
+    prompt, tools, _ = split_sample(sample)
+    sent = request_messages(prompt)
+    assert any(isinstance(c["function"]["arguments"], str) for m in sent for c in m.get("tool_calls") or [])
+    assert render(tokenizer, sent, tools, add_generation_prompt=True) == render(
+        tokenizer, prompt, tools, add_generation_prompt=True
+    )
+
+
+def test_random_model_gets_scored(tiny_model, held_out):
+    from mlx_lm import load
+
+    model, tokenizer = load(str(tiny_model))
+    results = evaluate_turns(model, tokenizer, held_out, batch_size=4, max_tokens=24)
+    assert len(results.cases) == len(held_out)
+    assert set(results.rates) == set(RATE_NAMES)
+    assert set(results.codes) == set(CODES) and sum(results.codes.values()) == len(held_out)
+    # a random model writes no tool calls: every call case fails, and each failure is explained
+    assert results.rates["exact_call_accuracy"] == 0.0
+    assert all(c.verdict.detail for c in results.cases if not c.success)
+    assert all(c.completion_tokens <= 24 for c in results.cases)
+
+
+def test_tool_model_in_process(tool_lm, held_out):
+    model, tokenizer = tool_lm
+    seen = []
+    results = evaluate_turns(
+        model, tokenizer, held_out, batch_size=8, progress=lambda done, total: seen.append(done)
+    )
+    assert seen == list(range(1, len(held_out) + 1))
+    rates = results.rates
+    assert rates["parsed_call_rate"] >= 0.6  # it learned the <tool_call> format
+    assert rates["name_accuracy"] >= 0.5
+    assert rates["abstention_accuracy"] >= 0.5
+    first = results.cases[0]
+    assert first.raw and first.where == "sample 0" and first.finish_reason == "stop"
+    case = results.to_dict()["cases"][0]
+    assert case["code"] == first.verdict.code and case["messages"] == held_out[0]["messages"][:-1]
+
+
+def test_batching_does_not_change_answers(tool_lm, held_out):
+    model, tokenizer = tool_lm
+    one = evaluate_turns(model, tokenizer, held_out[:6], batch_size=1)
+    many = evaluate_turns(model, tokenizer, held_out[:6], batch_size=6)
+    assert [c.raw for c in one.cases] == [c.raw for c in many.cases]
+
+
+def test_truncated_call_is_unparseable(tool_lm, held_out):
+    model, tokenizer = tool_lm
+    calls = [s for s in held_out if s["messages"][-1].get("tool_calls")][:4]
+    results = evaluate_turns(model, tokenizer, calls, max_tokens=6)
+    assert {c.finish_reason for c in results.cases} == {"length"}
+    assert {c.verdict.code for c in results.cases} == {"unparseable"}
+
+
+def test_server_path_agrees_with_in_process(tool_server, tool_lm, held_out):
+    """The same prompts through a real mlx_lm server: same outputs, same verdicts (temperature 0)."""
+    model, tokenizer = tool_lm
+    local = evaluate_turns(model, tokenizer, held_out, batch_size=8, max_tokens=128)
+    remote = evaluate_turns_server(tool_server.base_url, held_out, max_tokens=128, concurrency=2)
+    for a, b in zip(local.cases, remote.cases, strict=True):
+        assert b.turn.content == a.turn.content, a.where
+        assert [c.canonical() for c in b.turn.tool_calls] == [c.canonical() for c in a.turn.tool_calls], (
+            a.where
+        )
+        assert b.verdict.code == a.verdict.code, a.where  # details differ for a dropped call: see below
+    assert remote.rates == local.rates
+    for a, b in zip(local.cases, remote.cases, strict=True):
+        if (
+            a.turn.unparsed
+        ):  # malformed call JSON: in-process the rejected text, from the server only its absence
+            assert b.turn.unparsed == [SERVER_DROPPED] and json.loads(b.raw)["finish_reason"] == "tool_calls"
+    raw = json.loads(remote.cases[0].raw)
+    assert raw["finish_reason"] in ("stop", "tool_calls") and raw["message"]["role"] == "assistant"
+
+
+def test_server_error_is_reported(tool_server, held_out):
+    with pytest.raises(RuntimeError, match="HTTP 404"):
+        evaluate_turns_server(tool_server.url + "/nope", held_out[:1])
