@@ -1,0 +1,266 @@
+"""Checks that run before any training step: data files, chat template, tool-call round trip, lengths, timing.
+
+A failing check raises PreflightError whose message is one line naming the file and line. Lengths and
+truncation are reported (printed and stored in the manifest), never silent.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("train", "valid")
+
+
+class PreflightError(ValueError):
+    """Training cannot start; the message names the file (and line) at fault."""
+
+
+@dataclass
+class Sample:
+    path: Path
+    line: int
+    data: dict[str, Any]
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+@dataclass
+class Tokenized:
+    """A sample as training sees it: tokens and the index of the first supervised token."""
+
+    sample: Sample
+    tokens: list[int]
+    offset: int
+
+    @property
+    def supervised(self) -> int:
+        return len(self.tokens) - self.offset
+
+
+@dataclass
+class SplitReport:
+    file: str
+    samples: int
+    tokens: dict[str, int] = field(default_factory=dict)
+    supervised_tokens: dict[str, int] = field(default_factory=dict)
+    histogram: list[tuple[int, int, int]] = field(default_factory=list)  # (from, to, samples)
+    over_max_seq_length: int = 0
+    truncated_supervision: int = 0  # samples losing part of the assistant turn to truncation
+    dropped: list[str] = field(default_factory=list)  # file:line of samples with nothing left to learn
+
+
+def read_jsonl(path: Path) -> list[Sample]:
+    """Every line of a chat JSONL file as a Sample; bad lines raise PreflightError naming path:line."""
+    samples = []
+    with open(path, encoding="utf-8") as file:
+        for line_no, text in enumerate(file, 1):
+            if not text.strip():
+                continue
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise PreflightError(
+                    f"{path}:{line_no}: invalid JSON: {error.msg} (column {error.colno})"
+                ) from None
+            samples.append(Sample(path, line_no, data))
+            check_shape(samples[-1])
+    return samples
+
+
+def check_shape(sample: Sample) -> None:
+    data = sample.data
+    if not isinstance(data, dict):
+        raise PreflightError(f"{sample.where}: a sample must be a JSON object with 'messages'")
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise PreflightError(f"{sample.where}: 'messages' must be a non-empty list")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise PreflightError(f"{sample.where}: messages[{i}] must be an object with a 'role'")
+    if messages[-1]["role"] != "assistant":
+        raise PreflightError(
+            f"{sample.where}: the last message has role {messages[-1]['role']!r}; "
+            "the final turn must be the assistant turn to learn"
+        )
+    tools = data.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise PreflightError(f"{sample.where}: 'tools' must be a list of tool definitions")
+
+
+def load_splits(data_dir: Path, *, need_valid: bool = False) -> tuple[dict[str, list[Sample]], list[str]]:
+    """train.jsonl (required) and valid.jsonl (recommended) as samples, plus warnings."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise PreflightError(
+            f"{data_dir}: data directory not found (expected train.jsonl and valid.jsonl in it)"
+        )
+    splits, warnings = {}, []
+    for split in SPLITS:
+        path = data_dir / f"{split}.jsonl"
+        if not path.is_file():
+            if split == "train" or need_valid:
+                why = "required" if split == "train" else "required by select_by = tool-success"
+                raise PreflightError(f"{path}: file not found ({why})")
+            warnings.append(f"{path}: not found; training runs without validation loss")
+            splits[split] = []
+            continue
+        samples = read_jsonl(path)
+        if not samples and (split == "train" or need_valid):
+            raise PreflightError(f"{path}: file is empty")
+        if not samples:
+            warnings.append(f"{path}: empty; training runs without validation loss")
+        splits[split] = samples
+    return splits, warnings
+
+
+def check_round_trip(tokenizer, samples: list[Sample]) -> None:
+    """Every final assistant turn renders with the model's template and parses back to the same tool calls."""
+    from flywheel.toolcalls import round_trip
+
+    for sample in samples:
+        result = round_trip(tokenizer, sample.data["messages"], sample.data.get("tools") or None)
+        if not result.ok:
+            raise PreflightError(
+                f"{sample.where}: tool call does not round-trip through the chat template: {result.reason}"
+            )
+
+
+def tokenize(tokenizer, sample: Sample, mask_prompt: bool = True) -> Tokenized:
+    """Tokens as the server would build the conversation (mlx_lm.server's message preprocessing, then the
+    chat template), and the offset of the final assistant turn, as mlx-lm's ChatDataset computes it."""
+    from flywheel.toolcalls import server_messages
+
+    messages = server_messages(sample.data["messages"])
+    tools = sample.data.get("tools") or None
+    try:
+        tokens = list(tokenizer.apply_chat_template(messages, tools=tools, return_dict=False))
+        if not mask_prompt:
+            return Tokenized(sample, tokens, 0)
+        prompt = list(
+            tokenizer.apply_chat_template(
+                messages[:-1], tools=tools, add_generation_prompt=True, return_dict=False
+            )
+        )
+    except Exception as error:
+        raise PreflightError(f"{sample.where}: chat template failed: {error}") from None
+    if tokens[: len(prompt)] != prompt:
+        raise PreflightError(
+            f"{sample.where}: the prompt's tokens are not a prefix of the whole conversation's tokens "
+            "(the chat template rewrites earlier turns), so the loss mask would be wrong"
+        )
+    if len(prompt) >= len(tokens):
+        raise PreflightError(f"{sample.where}: the final assistant turn renders to no tokens")
+    return Tokenized(sample, tokens, len(prompt))
+
+
+def length_report(items: list[Tokenized], max_seq_length: int, file: str) -> SplitReport:
+    report = SplitReport(file=file, samples=len(items))
+    if not items:
+        return report
+    lengths = [len(t.tokens) for t in items]
+    supervised = [t.supervised for t in items]
+    for name, values in (("tokens", lengths), ("supervised_tokens", supervised)):
+        setattr(
+            report,
+            name,
+            {
+                "min": min(values),
+                "median": int(statistics.median(values)),
+                "max": max(values),
+                "total": sum(values),
+            },
+        )
+    top = min(max(lengths), max_seq_length)
+    edges = [0, 32]
+    while edges[-1] < top:
+        edges.append(edges[-1] * 2)
+    edges[-1] = min(edges[-1], max_seq_length)
+    if max(lengths) > max_seq_length:
+        edges.append(max(lengths))
+    for low, high in zip(edges, edges[1:], strict=False):
+        report.histogram.append((low, high, sum(1 for n in lengths if low < n <= high)))
+    report.over_max_seq_length = sum(1 for n in lengths if n > max_seq_length)
+    for t in items:
+        if len(t.tokens) > max_seq_length:
+            if t.offset >= max_seq_length:
+                report.dropped.append(t.sample.where)
+            else:
+                report.truncated_supervision += 1
+    return report
+
+
+def print_length_report(console, split: str, report: SplitReport, max_seq_length: int) -> None:
+    if not report.samples:
+        return
+    tokens, supervised = report.tokens, report.supervised_tokens
+    console.print(
+        f"[bold]{split}[/bold] {report.samples} samples · tokens min {tokens['min']} / median {tokens['median']}"
+        f" / max {tokens['max']} · supervised (last assistant turn) median {supervised['median']}"
+        f", total {supervised['total']:,}"
+    )
+    peak = max(count for _, _, count in report.histogram) or 1
+    for low, high, count in report.histogram:
+        bar = "█" * max(1 if count else 0, round(24 * count / peak))
+        over = high > max_seq_length
+        style = "yellow" if over and count else "default"
+        label = f"{low + 1:>6}–{high:<6}" + (" > max_seq_length" if over else "")
+        console.print(f"  [{style}]{label:<34} {bar} {count}[/{style}]")
+    if report.over_max_seq_length:
+        console.print(
+            f"  [yellow]{report.over_max_seq_length} samples are longer than max_seq_length {max_seq_length} and are "
+            f"truncated: {report.truncated_supervision} lose part of their assistant turn, {len(report.dropped)} lose "
+            f"all of it and are left out{' (first: ' + report.dropped[0] + ')' if report.dropped else ''}[/yellow]"
+        )
+
+
+def time_steps(model, longest, typical, make_optimizer, steps: int) -> dict[str, float]:
+    """Seconds per training step, measured on real steps compiled as mlx-lm's trainer compiles them (forward,
+    backward, optimizer update) with a throw-away optimizer; the trainable weights are restored afterwards.
+
+    The longest batch runs once (untimed) for peak memory, and the typical one once to compile its shape;
+    then `steps` typical steps are timed."""
+    from functools import partial
+
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx_lm.tuner.trainer import default_loss
+
+    saved = model.trainable_parameters()
+    optimizer = make_optimizer()
+    loss_and_grad = nn.value_and_grad(model, default_loss)
+    state = [model.state, optimizer.state, mx.random.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(batch, lengths):
+        (loss, ntoks), grad = loss_and_grad(model, batch, lengths)
+        optimizer.update(model, grad)
+        return loss, ntoks
+
+    def one(batch):
+        tic = time.perf_counter()
+        loss, ntoks = step(*batch)
+        mx.eval(state, loss, ntoks)
+        return time.perf_counter() - tic, ntoks.item()
+
+    mx.reset_peak_memory()
+    try:
+        first, _ = one(longest)
+        one(typical)
+        timed = [one(typical) for _ in range(steps)]
+    finally:
+        model.update(saved)
+    seconds = sum(t for t, _ in timed)
+    return {
+        "seconds_per_iteration": seconds / len(timed),
+        "longest_batch_seconds": first,
+        "steps_timed": len(timed),
+        "supervised_tokens_per_second": sum(n for _, n in timed) / seconds if seconds else 0.0,
+        "peak_memory_gb": mx.get_peak_memory() / 1e9,
+    }
