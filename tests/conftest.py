@@ -14,6 +14,8 @@ except ImportError:
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Child processes (mlx_lm server, proxy, CLIs) would otherwise recompile every import each time (~4 s each).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
