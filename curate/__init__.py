@@ -1,0 +1,11 @@
+"""Curate: recorded agent traces → mlx-lm chat JSONL ({"messages", "tools"}), every record accounted for.
+
+from curate import run, load_config
+report = run(["traces/"], "data/", load_config(seed=1))
+"""
+
+from curate.config import Config, load_config
+from curate.pipeline import run
+from curate.report import Report
+
+__all__ = ["Config", "Report", "load_config", "run"]

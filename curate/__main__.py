@@ -1,0 +1,127 @@
+"""python -m curate TRACES... OUT_DIR: see --help."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EPILOG = """\
+example:
+  python -m curate traces/ data/ --seed 1 --split 0.8,0.1,0.1
+  python -m curate traces/run1.jsonl traces/run2.jsonl data/ --model ~/.cache/flywheel/tool-calling --max-seq-length 1024
+
+writes OUT_DIR/train.jsonl, valid.jsonl, test.jsonl (mlx-lm chat format: {"messages", "tools", "meta"};
+assistant tool calls OpenAI-shaped with arguments as JSON objects), rejects.jsonl (every rejected or
+deduplicated line and sample with its reason and file:line) and report.json (the funnel, stage by stage).
+Exits 1 with a one-line reason when no usable sample remains.
+
+curate.toml keys are Config's field names, e.g.:
+  seed = 1
+  split = [0.8, 0.1, 0.1]
+  include_final_answers = true
+  text_tool_calls = "convert"      # or "reject"
+  near_duplicates_keep = 1         # 0 keeps every near duplicate (they still share a split)
+  [extra_markers]
+  batch_tag = '(?i)\\s*\\[batch \\d+\\]'
+"""
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    parts = [float(p) for p in text.split(",")]
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError("--split takes three comma-separated fractions, e.g. 0.8,0.1,0.1")
+    return tuple(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m curate",
+        description="Turn recorded agent traces into mlx-lm training data: validate, stitch sessions, one sample "
+        "per assistant turn, strip synthetic markers, convert text-about-tools, check tool calls, dedupe, split.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="trace files or directories (*.jsonl, recursive), then the output directory",
+    )
+    parser.add_argument("--config", help="curate.toml with Config settings")
+    parser.add_argument(
+        "--model", help="model directory: round-trip every sample through its chat template and tool parser"
+    )
+    parser.add_argument(
+        "--max-seq-length",
+        type=int,
+        help="with --model: drop samples longer than this many tokens (default 2048)",
+    )
+    parser.add_argument("--seed", type=int, help="split seed (default 0)")
+    parser.add_argument("--split", type=parse_split, help="train,valid,test fractions (default 0.8,0.1,0.1)")
+    parser.add_argument(
+        "--keep-failed",
+        action="store_true",
+        default=None,
+        help="keep turns whose tool call was answered by a retry prompt or error",
+    )
+    parser.add_argument(
+        "--keep-http-errors",
+        action="store_true",
+        default=None,
+        help="keep exchanges that ended in an HTTP error",
+    )
+    parser.add_argument(
+        "--no-final-answers", action="store_true", help="make samples only of tool-calling turns"
+    )
+    parser.add_argument("--markers-file", help="extra marker regexes, one per line (added to the defaults)")
+    parser.add_argument(
+        "--workers", type=int, help="pass-1 processes (default: one per core for inputs over 64 MB)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    args = parser.parse_args(argv)
+    if len(args.paths) < 2:
+        parser.error("give at least one trace file or directory and an output directory")
+    *inputs, out_dir = args.paths
+    if args.max_seq_length and not args.model:
+        parser.error("--max-seq-length needs --model (token counts come from its tokenizer)")
+
+    try:  # before anything imports mlx (only --model does)
+        from flywheel.blas import ensure_fast_blas
+
+        ensure_fast_blas()
+    except ImportError:
+        pass
+
+    from curate.config import load_config
+    from curate.markers import load_markers_file
+    from curate.pipeline import run
+
+    try:
+        config = load_config(
+            args.config,
+            model=args.model,
+            max_seq_length=args.max_seq_length,
+            seed=args.seed,
+            split=args.split,
+            keep_failed=args.keep_failed,
+            keep_http_errors=args.keep_http_errors,
+            include_final_answers=False if args.no_final_answers else None,
+            progress=False if args.quiet else None,
+            workers=args.workers,
+        )
+        if args.markers_file:
+            config.extra_markers.update(load_markers_file(args.markers_file))
+        report = run(inputs, out_dir, config)
+    except (FileNotFoundError, ValueError, OSError) as error:
+        print(f"curate: {error}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        report.print_summary()
+    if reason := report.failure_reason():
+        print(f"curate: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

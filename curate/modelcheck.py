@@ -1,0 +1,56 @@
+"""Stage 9 (with --model): render each sample with the model's chat template and parse the supervised turn
+back with its tool parser (`flywheel.toolcalls.round_trip`); count tokens as mlx-lm's ChatDataset does."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import polars as pl
+
+from curate.config import Config
+
+
+def check_samples(lines: pl.DataFrame, config: Config) -> tuple[pl.DataFrame, dict]:
+    """lines (sid, line) → (sid, model_reason, model_detail) for failures, and a summary for the report."""
+    from flywheel.toolcalls import load_tokenizer, round_trip
+
+    tokenizer = load_tokenizer(config.model)
+    sids, reasons, details = [], [], []
+    failures: Counter[str] = Counter()
+    lengths = []
+    too_long = 0
+    for sid, line in lines.select("sid", "line").iter_rows():
+        sample = json.loads(line)
+        messages, tools = sample["messages"], sample.get("tools") or None
+        result = round_trip(tokenizer, messages, tools)
+        tokens = len(tokenizer.apply_chat_template(messages, tools=tools, return_dict=False))
+        lengths.append(tokens)
+        reason = detail = None
+        if not result.ok:
+            reason, detail = "round_trip_failed", result.reason
+            failures[result.reason.split(";")[0][:60]] += 1
+        elif tokens > config.max_seq_length:
+            too_long += 1
+            if config.drop_too_long:
+                reason, detail = "too_long", f"{tokens} tokens > max_seq_length {config.max_seq_length}"
+        if reason:
+            sids.append(sid)
+            reasons.append(reason)
+            details.append(detail)
+    verdicts = pl.DataFrame(
+        {"sid": sids, "model_reason": reasons, "model_detail": details},
+        schema={"sid": pl.Int64, "model_reason": pl.String, "model_detail": pl.String},
+    )
+    summary = {
+        "model": str(config.model),
+        "checked": lines.height,
+        "round_trip_failures": sum(failures.values()),
+        "round_trip_failure_reasons": dict(failures.most_common(10)),
+        "longer_than_max_seq_length": too_long,
+        "max_seq_length": config.max_seq_length,
+        "dropped_too_long": config.drop_too_long,
+        "tokens_max": max(lengths, default=0),
+        "tokens_mean": round(sum(lengths) / len(lengths), 1) if lengths else 0,
+    }
+    return verdicts, summary
