@@ -1,0 +1,122 @@
+"""python -m proxy: record an agent's chat-completions traffic to an OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from proxy.server import DEFAULT_LISTEN, LOOPBACK_HOSTS, parse_listen, parse_upstream, serve
+
+EPILOG = """\
+example:
+  python -m mlx_lm server --model ./my-model --port 8080 &
+  python -m proxy --upstream http://127.0.0.1:8080
+  # point the agent at http://127.0.0.1:8081/v1 instead of :8080/v1
+
+Every POST /v1/chat/completions becomes one line of traces/<start time>Z-<pid>.jsonl (schema:
+flywheel/schemas/trace-record.v1.schema.json), streamed or not; other paths are forwarded unrecorded.
+Secrets in messages are replaced by [REDACTED:<kind>]; request headers are not stored, except
+X-Flywheel-Session (the session id). Ctrl-C prints a one-line summary.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m proxy",
+        description="Reverse proxy (mitmproxy) in front of an OpenAI-compatible server that records every "
+        "chat-completions exchange as a trace record, forwarding streams chunk by chunk.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--upstream", required=True, help="root URL of the model server, e.g. http://127.0.0.1:8080"
+    )
+    parser.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        help=f"HOST:PORT to listen on (default {DEFAULT_LISTEN}; port 0 picks a free one). "
+        "Binding beyond loopback (0.0.0.0) exposes your agent's traffic to the network.",
+    )
+    parser.add_argument(
+        "--traces", default="traces", type=Path, help="directory for trace files (default traces/)"
+    )
+    parser.add_argument(
+        "--trace-file", type=Path, help="append to this file instead of a new file per run under --traces"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the startup and summary lines as JSON (for wrappers)"
+    )
+    return parser
+
+
+def summary_line(stats: dict, trace_file: Path, seconds: float) -> str:
+    return (
+        f"proxy stopped after {seconds:.0f}s: {stats['recorded']} exchanges recorded "
+        f"({stats['streamed']} streamed), {stats['errors']} with errors, {stats['passed_through']} passed through"
+        + (
+            f", {stats['recording_failures']} NOT RECORDED (write failures)"
+            if stats["recording_failures"]
+            else ""
+        )
+        + f" -> {trace_file}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    # No ensure_fast_blas() here: the proxy never imports mlx.
+    args = build_parser().parse_args(argv)
+    try:
+        upstream = parse_upstream(args.upstream)
+        host, port = parse_listen(args.listen)
+    except ValueError as error:
+        print(f"python -m proxy: error: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="proxy: %(levelname)s: %(message)s", stream=sys.stderr)
+    if host not in LOOPBACK_HOSTS:
+        logging.getLogger("proxy").warning(
+            "listening on %s, beyond loopback: anyone who can reach this port can use your model server "
+            "and their traffic lands in your traces",
+            host,
+        )
+    started = time.monotonic()
+    where: dict = {}
+
+    def ready(bound_host: str, bound_port: int, trace_path: Path) -> None:
+        where.update(host=bound_host, port=bound_port, trace_file=str(trace_path))
+        url = f"http://{bound_host}:{bound_port}"
+        if args.json:
+            line = json.dumps(
+                {"event": "listening", "url": url, "base_url": f"{url}/v1", "upstream": upstream, **where}
+            )
+        else:
+            line = (
+                f"proxy listening on {url} (agents: base_url {url}/v1) -> upstream {upstream}; "
+                f"recording POST /v1/chat/completions to {trace_path}. Ctrl-C stops."
+            )
+        print(line, flush=True)
+
+    try:
+        stats = asyncio.run(
+            serve(upstream, args.traces, host, port, trace_file=args.trace_file, on_ready=ready)
+        ).as_dict()
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    except OSError as error:
+        print(f"python -m proxy: error: {error}", file=sys.stderr)
+        return 1
+    seconds = time.monotonic() - started
+    trace_file = Path(where.get("trace_file", args.trace_file or args.traces))
+    if args.json:
+        print(json.dumps({"event": "stopped", "seconds": round(seconds, 3), **stats, **where}), flush=True)
+    else:
+        print(summary_line(stats, trace_file, seconds), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The mitmproxy addon that records chat-completions exchanges.
+
+Hooks run on mitmproxy's event loop and only take references (request bytes, response chunks,
+timestamps) into an `Exchange` kept on `flow.metadata`; finished exchanges go to the recorder process
+(recorder.py), which builds the trace records and appends them. Forwarding never waits for recording:
+hooks catch everything, the SSE tee only appends a reference, and a slow disk, a full disk or a crashed
+recorder only delays or loses records, never traffic.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mitmproxy import http
+
+from flywheel.trace import SESSION_HEADER
+from proxy.capture import CLIENT_DISCONNECTED, PROXY_STOPPED, UPSTREAM_ERROR, UPSTREAM_UNREACHABLE, Exchange
+from proxy.recorder import RecordWriter
+
+log = logging.getLogger("proxy")
+
+RECORDED_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+METADATA_KEY = "flywheel"
+
+
+@dataclass
+class Stats:
+    recorded: int = 0  # records written
+    streamed: int = 0  # of which the response was an SSE stream
+    errors: int = 0  # of which the record carries an error
+    passed_through: int = 0  # requests to other paths, forwarded unrecorded
+    recording_failures: int = 0  # records that could not be written (the traffic still passed)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class Recorder:
+    """mitmproxy addon: every POST /v1/chat/completions becomes one trace record; other paths pass."""
+
+    def __init__(self, upstream: str, trace_file: Path, fsync: bool = False):
+        self.upstream = upstream
+        self.stats = Stats()
+        self.records = RecordWriter(trace_file, fsync=fsync)
+        self.in_flight: dict[str, Exchange] = {}
+
+    @property
+    def trace_file(self) -> Path:
+        return self.records.path
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        try:
+            request = flow.request
+            path = request.path.split("?", 1)[0]
+            if request.method != "POST" or path not in RECORDED_PATHS:
+                self.stats.passed_through += 1
+                return
+            exchange = Exchange(
+                upstream=self.upstream,
+                endpoint=path,
+                session_id=request.headers.get(SESSION_HEADER),
+                request_body=request.get_content(strict=False) or b"",
+                started=request.timestamp_start or time.time(),
+            )
+            flow.metadata[METADATA_KEY] = exchange
+            self.in_flight[exchange.id] = exchange
+        except Exception:  # never break the agent
+            log.exception("recorder: request hook failed")
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        try:
+            response = flow.response
+            is_sse = response.headers.get("content-type", "").lower().startswith("text/event-stream")
+            exchange: Exchange | None = flow.metadata.get(METADATA_KEY)
+            if exchange is None:
+                if is_sse:  # forward unrecorded streams unbuffered too
+                    response.stream = True
+                return
+            exchange.status = response.status_code
+            if is_sse:
+                exchange.streamed = True
+                exchange.content_encoding = response.headers.get("content-encoding", "").lower()
+                response.stream = exchange.tee
+            else:
+                exchange.first_byte = time.time()
+        except Exception:
+            log.exception("recorder: responseheaders hook failed")
+            if flow.response is not None and "event-stream" in flow.response.headers.get("content-type", ""):
+                flow.response.stream = True
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        exchange = self._take(flow)
+        if exchange is None:
+            return
+        try:
+            exchange.status = flow.response.status_code
+            if not exchange.streamed:
+                exchange.body = flow.response.get_content(strict=False) or b""
+                exchange.ended = flow.response.timestamp_end or time.time()
+            elif exchange.ended is None:
+                exchange.ended = time.time()
+            exchange.finished = True
+        except Exception as problem:
+            log.exception("recorder: response hook failed")
+            exchange.failure, exchange.failure_message = (
+                "recording_error",
+                f"{type(problem).__name__}: {problem}",
+            )
+        self.records.submit(exchange)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        exchange = self._take(flow)
+        if exchange is None:
+            return
+        try:
+            message = flow.error.msg if flow.error else "unknown error"
+            if flow.response is not None:
+                exchange.status = flow.response.status_code
+            if "client disconnected" in message.lower():
+                exchange.failure = CLIENT_DISCONNECTED
+            elif flow.response is None and not flow.server_conn.timestamp_tcp_setup:
+                exchange.failure = UPSTREAM_UNREACHABLE
+                exchange.status = 502  # what mitmproxy answers the client
+            else:
+                exchange.failure = UPSTREAM_ERROR
+                if exchange.status is None:
+                    exchange.status = 502
+            exchange.failure_message = message
+        except Exception as problem:
+            log.exception("recorder: error hook failed")
+            exchange.failure, exchange.failure_message = (
+                "recording_error",
+                f"{type(problem).__name__}: {problem}",
+            )
+        self.records.submit(exchange)
+
+    def done(self) -> None:
+        """Shutdown: exchanges still in flight are recorded as incomplete, then the queue is drained."""
+        for exchange in list(self.in_flight.values()):
+            exchange.failure = PROXY_STOPPED
+            exchange.failure_message = "the proxy stopped before the exchange finished"
+            self.records.submit(exchange)
+        self.in_flight.clear()
+        for key, value in self.records.close().items():
+            setattr(self.stats, key, getattr(self.stats, key) + value)
+
+    def _take(self, flow: http.HTTPFlow) -> Exchange | None:
+        exchange = flow.metadata.pop(METADATA_KEY, None)
+        if exchange is not None:
+            self.in_flight.pop(exchange.id, None)
+        return exchange
