@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def quick_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("flywheel-run")
     command = [sys.executable, "-m", "flywheel", "--quick", "--root", str(root)]
-    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    env = dict(os.environ, COLUMNS="400")  # rich wraps at 80 columns without a terminal
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     (run_name,) = [p.name for p in (root / "traces").iterdir()]
     return root, run_name, first, again
@@ -54,7 +56,8 @@ def test_quick_demo_produces_every_artifact(quick_run):
     from mlx_lm import load
 
     manifest = json.loads((adapter / "manifest.json").read_text())
-    model, _ = load(manifest.get("base_model_path") or manifest["base_model"], adapter_path=str(adapter))
+    assert manifest["base_model"]["sha256"]
+    model, _ = load(manifest["base_model"]["path"], adapter_path=str(adapter))
     assert model is not None
 
     # Evaluate: base and adapter scores plus paired statistics, JSON and HTML.
