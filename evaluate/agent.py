@@ -19,7 +19,6 @@ model request is one HTTP request.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
@@ -36,6 +35,7 @@ from pydantic_ai.usage import UsageLimits
 from evaluate.sandbox import ToolError, Workspace
 from evaluate.tasks import Task, run_checks
 from flywheel.tinymodel import AGENT_TOOLS, SYSTEM_PROMPT
+from flywheel.toolcalls import decode_arguments
 from flywheel.trace import SESSION_HEADER
 
 DEFAULT_MAX_STEPS = 8
@@ -226,22 +226,13 @@ async def run_episode_async(
         tool_errors=counts["tool_errors"],
         empty_responses=counts["empty_responses"],
         failed_checks=failed,
-        calls=[{"name": c["name"], "arguments": _jsonable(c["arguments"])} for c in counts["calls"]],
+        calls=[{"name": c["name"], "arguments": decode_arguments(c["arguments"])} for c in counts["calls"]],
     )
 
 
 async def _drain_events(ctx, events) -> None:
     async for _event in events:
         pass
-
-
-def _jsonable(arguments):
-    if isinstance(arguments, str):
-        try:
-            return json.loads(arguments)
-        except json.JSONDecodeError:
-            return arguments
-    return arguments
 
 
 def run_episode(task: Task, base_url: str, model_name: str, **options) -> Episode:
