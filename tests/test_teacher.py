@@ -161,3 +161,12 @@ def test_cli_help():
     )
     assert result.returncode == 0
     assert "scripted demonstrator" in result.stdout and "example:" in result.stdout
+
+
+def test_teacher_solves_the_demo_suite():
+    """The demo (`python -m flywheel`) trains on this suite's teacher traces: every task must be solvable."""
+    demo = load_suite("demo")
+    assert not {t.prompt for t in demo.train} & {t.prompt for t in demo.held_out}
+    with Teacher(demo) as demo_teacher:
+        episodes = run_episodes(demo.tasks, demo_teacher.base_url, demo_teacher.model_name, show_progress=False)
+    assert [e.task_id for e in episodes if not e.success] == []
