@@ -29,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="CI-sized run: fewer iterations and cases")
-    parser.add_argument("--student", help="student model directory (default: the cached tiny model)")
+    parser.add_argument(
+        "--student",
+        help="student model directory (default: the shipped tiny base model, flywheel/assets/tiny-base)",
+    )
     parser.add_argument(
         "--teacher", help="OpenAI-compatible base URL of a teacher (default: the scripted demonstrator)"
     )

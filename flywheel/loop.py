@@ -28,7 +28,7 @@ STAGE_MARKER = ".flywheel-stage.json"
 
 @dataclass
 class LoopConfig:
-    student: str | None = None  # model directory; None: the cached tiny random-weight model
+    student: str | None = None  # model directory; None: the shipped tiny base model (flywheel.tinybase)
     teacher: str | None = None  # OpenAI-compatible base URL (…/v1); None: the scripted demonstrator
     teacher_model: str | None = None  # model name at the teacher; None: its first /v1/models entry
     teacher_api_key: str = "x"
@@ -40,11 +40,11 @@ class LoopConfig:
     # collection: each train task is run this many times (the scripted teacher is deterministic, so the
     # suite's own variety matters more than repeats)
     episodes_per_task: int = 1
-    # training (the tiny student learns from random weights: full fine-tuning, high learning rate)
+    # training (the tiny base student: full fine-tuning; a higher learning rate erases its copying skill)
     fine_tune_type: str = "full"
-    iters: int = 1200
+    iters: int = 600
     batch_size: int = 8
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-4
     max_seq_length: int = 1024
     train_overrides: dict[str, Any] = field(default_factory=dict)
     # evaluation
@@ -60,8 +60,10 @@ class LoopConfig:
         quick.eval_limit = self.eval_limit or 6
         return quick
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, student: Path | None = None) -> str:
         settings = {k: v for k, v in asdict(self).items() if k not in ("run", "root")}
+        if student is not None:
+            settings["student_weights"] = weights_identity(student)
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -93,6 +95,20 @@ def stage_done(path: Path) -> dict | None:
 def mark_done(path: Path, info: dict) -> None:
     marker = path / STAGE_MARKER if path.is_dir() else path.with_name(path.name + STAGE_MARKER)
     marker.write_text(json.dumps({**info, "completed": dt.datetime.now(dt.UTC).isoformat()}, indent=2) + "\n")
+
+
+def weights_identity(model_dir: Path) -> str:
+    """Cheap identity of a model's weights (sizes plus the first and last MiB of each file): a changed student
+    must not reuse the stages trained on the old one."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with path.open("rb") as handle:
+            digest.update(handle.read(1 << 20))
+            handle.seek(max(size - (1 << 20), 0))
+            digest.update(handle.read(1 << 20))
+    return digest.hexdigest()[:16]
 
 
 def move_aside(path: Path) -> Path | None:
@@ -173,12 +189,13 @@ def run_loop(config: LoopConfig, console: Console | None = None) -> LoopResult:
     import evaluate
     import train
     from evaluate.tasks import load_suite
-    from flywheel.tinymodel import cached_model
+    from flywheel.tinybase import cached_base
 
     console = console or Console(stderr=True)
     config = config.effective()
     root = Path(config.root)
-    name = config.run or f"{'quick' if config.quick else 'demo'}-{config.fingerprint()}"
+    student = Path(config.student) if config.student else cached_base()
+    name = config.run or f"{'quick' if config.quick else 'demo'}-{config.fingerprint(student)}"
     traces_dir, data_dir = root / "traces" / name, root / "data" / name
     adapter_dir, reports_dir = root / "adapters" / name, root / "reports"
     report_json = reports_dir / f"{name}.json"
@@ -198,9 +215,6 @@ def run_loop(config: LoopConfig, console: Console | None = None) -> LoopResult:
         return False
 
     console.rule(f"flywheel run [bold]{name}[/]")
-    started = time.monotonic()
-    student = Path(config.student) if config.student else cached_model("random")
-    seconds["student"] = time.monotonic() - started
     console.print(f"[bold]1 student[/] → {student}")
 
     # 2–3: teacher behind the recording proxy, agent on the train tasks

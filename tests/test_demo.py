@@ -75,3 +75,21 @@ def test_rerun_reuses_every_stage_and_overwrites_nothing(quick_run):
     assert again.stderr.count("reused: complete from an earlier run") == 4
     assert "total" in again.stdout
     assert not list(root.rglob("*.incomplete-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_full_demo_gives_a_significant_held_out_gain(tmp_path):
+    """`python -m flywheel` with no flags (the README's first command): the trained student solves
+    significantly more *held-out* tasks than the base, measured by the real agent in the sandbox."""
+    command = [sys.executable, "-m", "flywheel", "--root", str(tmp_path)]
+    env = dict(os.environ, COLUMNS="400")
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1100, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (report_file,) = (tmp_path / "reports").glob("*.json")
+    report = json.loads(report_file.read_text())
+    success = report["agent"]["comparison"]["success"]
+    assert success["n"] >= 40 and success["base_rate"] == 0.0
+    assert success["adapter_rate"] >= 0.15 and success["mcnemar_p"] < 0.05, success
+    exact = report["turns"]["comparison"]["paired"]["exact_call_accuracy"]
+    assert exact["adapter_rate"] > exact["base_rate"] and exact["mcnemar_p"] < 0.05, exact
