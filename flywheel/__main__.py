@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--iters", type=int, help="training iterations")
     parser.add_argument(
-        "--fine-tune-type", choices=["full", "lora", "dora"], help="default: full (tiny student)"
+        "--fine-tune-type",
+        choices=["full", "lora", "dora"],
+        help="default: lora (rank 32 on every linear layer)",
     )
     return parser
 

@@ -86,8 +86,8 @@ def test_full_demo_gives_a_significant_held_out_gain(tmp_path):
     env = dict(os.environ, COLUMNS="400")
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1100, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    (report_file,) = (tmp_path / "reports").glob("*.json")
-    report = json.loads(report_file.read_text())
+    (run,) = [p.name for p in (tmp_path / "traces").iterdir()]
+    report = json.loads((tmp_path / "reports" / f"{run}.json").read_text())
     success = report["agent"]["comparison"]["success"]
     assert success["n"] >= 40 and success["base_rate"] == 0.0
     assert success["adapter_rate"] >= 0.15 and success["mcnemar_p"] < 0.05, success
