@@ -9,17 +9,21 @@ Stages, each timed, all through the demo loop's library code:
    pydantic-ai agent runs the suite's train tasks (the training data) and, into a separate trace directory,
    its held-out tasks (turn-level test cases only: never trained on; checked below).
 2. curate (`curate.run`) with the model's tokenizer, so every sample round-trips through Qwen's own chat
-   template and tool parser.
+   template and tool parser: train-task traces → train/valid/test (80/10/10, split by session), held-out-task
+   traces → turn cases only.
 3. train (`train.run`): LoRA on the last --num-layers blocks plus `lm_head`. Out of the box Qwen answers tool
    prompts with bare or fenced JSON, never `<tool_call>` tags (their rows are untrained); LoRA on the blocks
    alone made it emit garbage tokens, adapting the head makes it learn the tags.
 4. evaluate base, then base + adapter, each behind one `mlx_lm server` (its prompt cache holds the system
-   prompt and tool listing that every request shares, ~90% of each prompt): turn level on held-out turns
-   (`evaluate.turns.evaluate_turns_server`: exactly what the agent receives) and agent level on held-out
-   tasks (`evaluate.agent.run_episodes`), compared case by case (`evaluate.stats`: McNemar's exact test).
+   prompt and tool listing that every request shares, ~90% of each prompt): turn level
+   (`evaluate.turns.evaluate_turns_server`: exactly what the agent receives) on two held-out turn sets, the
+   test split (unseen sessions of the train tasks, the split `python -m flywheel` scores) and the held-out
+   tasks' turns (new names, one template never trained on); agent level on held-out tasks
+   (`evaluate.agent.run_episodes`); base and adapter compared case by case (`evaluate.stats`, McNemar).
 
-Writes WORKDIR/summary.json, WORKDIR/real-model.{json,html} (evaluate's report) and the `real_model` section
-of docs/BENCHMARKS.md (unless --no-report). The one explicit download is `flywheel.models fetch`; nothing
+Writes WORKDIR/summary.json, evaluate's reports WORKDIR/real-model.{json,html} (test-split turns + agent) and
+WORKDIR/real-model-held-out-turns.{json,html}, and the `real_model` section of docs/BENCHMARKS.md (unless
+--no-report). The one explicit download is `flywheel.models fetch`; nothing
 here touches the network beyond 127.0.0.1.
 """
 
@@ -78,15 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reuse", action="store_true", help="reuse completed stages in --workdir made with the same settings"
     )
-    parser.add_argument(
-        "--turns-from",
-        choices=("held-out-tasks", "test-split"),
-        default="held-out-tasks",
-        help="turn-level cases: the teacher's turns on the held-out tasks (default), or curate's test split "
-        "of the train-task traces",
-    )
     training = parser.add_argument_group("training (LoRA)")
-    training.add_argument("--iters", type=int, default=60)
+    training.add_argument("--iters", type=int, default=250)
     training.add_argument("--batch-size", type=int, default=1)
     training.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (cosine to lr/10)")
     training.add_argument("--num-layers", type=int, default=8, help="LoRA on the last N blocks (-1: all)")
@@ -99,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--seed", type=int, default=0)
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument(
-        "--turn-limit", type=int, default=48, help="held-out turns scored, spread over the file (0: all)"
+        "--turn-limit", type=int, default=32, help="turns scored per turn set, spread over it (0: all)"
     )
     evaluation.add_argument(
         "--agent-tasks", type=int, default=24, help="held-out tasks run, round-robin over templates (0: all)"
@@ -110,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-tokens", type=int, default=64, help="generation limit per request (the longest answer is ~40)"
     )
     evaluation.add_argument(
-        "--concurrency", type=int, default=4, help="parallel requests (the server batches them)"
+        "--concurrency", type=int, default=8, help="parallel requests (the server batches them)"
     )
     parser.add_argument("--no-report", action="store_true", help="don't write docs/BENCHMARKS.md")
     return parser
@@ -299,11 +296,14 @@ def train_summary(adapter_dir: Path, seconds: float, iters: int) -> dict:
         "final_val_loss": vals[-1]["val_loss"] if vals else None,
         "val_seconds": round(sum(m.get("val_time_s", 0) for m in vals), 1),
         "peak_memory_gb": max((m.get("peak_memory_gb", 0) for m in steps), default=None),
+        "loss": json.loads((adapter_dir / "manifest.json").read_text()).get("loss"),
     }
 
 
-def evaluate_side(label: str, model: Path, adapter: Path | None, samples, tasks, args, stages, workdir):
-    """Turn level, then agent level, against one `mlx_lm server` (base, or base + adapter)."""
+def evaluate_side(
+    label: str, model: Path, adapter: Path | None, turn_sets: dict, tasks, args, stages, workdir
+):
+    """Turn level (each turn set), then agent level, against one `mlx_lm server` (base, or base + adapter)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from evaluate.agent import run_episodes
@@ -320,26 +320,34 @@ def evaluate_side(label: str, model: Path, adapter: Path | None, samples, tasks,
     )
     with server:
         # one request alone first: the server caches the shared system prompt + tool listing it prefilled
-        evaluate_turns_server(server.base_url, samples[:1], max_tokens=1)
+        evaluate_turns_server(server.base_url, next(iter(turn_sets.values()))[:1], max_tokens=1)
         stages.end()
 
-        stages.begin(f"turns {label}")
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=stages.console) as bar:
-            bar_id = bar.add_task(f"turns · {label}", total=len(samples))
-            turns = evaluate_turns_server(
-                server.base_url,
-                samples,
-                max_tokens=args.max_tokens,
-                concurrency=args.concurrency,
-                progress=lambda done, total: bar.update(bar_id, completed=done),
+        turns = {}
+        for set_name, samples in turn_sets.items():
+            stages.begin(f"turns {label} ({set_name})")
+            columns = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
             )
-        rates = turns.rates
-        stages.console.print(
-            f"  exact calls {rates['exact_call_accuracy']:.0%} · parsed calls {rates['parsed_call_rate']:.0%}"
-            f" · codes { {k: v for k, v in turns.codes.items() if v} }"
-        )
-        stages.end()
+            with Progress(*columns, console=stages.console) as bar:
+                bar_id = bar.add_task(f"turns · {label} · {set_name}", total=len(samples))
+                results = evaluate_turns_server(
+                    server.base_url,
+                    samples,
+                    max_tokens=args.max_tokens,
+                    concurrency=args.concurrency,
+                    progress=lambda done, total, b=bar, i=bar_id: b.update(i, completed=done),
+                )
+            rates = results.rates
+            stages.console.print(
+                f"  exact calls {fmt_rate(rates['exact_call_accuracy'])} · parsed calls "
+                f"{fmt_rate(rates['parsed_call_rate'])} · {codes({k: v for k, v in results.codes.items() if v})}"
+            )
+            turns[set_name] = results.to_dict()
+            stages.end()
 
         stages.begin(f"agent {label}")
         episodes = run_episodes(
@@ -352,7 +360,7 @@ def evaluate_side(label: str, model: Path, adapter: Path | None, samples, tasks,
             timeout=args.agent_timeout,
         )
         stages.end()
-    return turns.to_dict(), [e.to_dict() for e in episodes]
+    return turns, [e.to_dict() for e in episodes]
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -366,84 +374,98 @@ def fmt_p(value) -> str:
     return "–" if value is None else f"{value:.2g}"
 
 
+TURN_SETS = {
+    "test split": "curate's test split of the train-task traces (sessions never trained on)",
+    "held-out tasks": "the teacher's turns on the held-out tasks (new names; report_value never trained on)",
+}
+TURN_ROWS = (
+    ("parsed_call_rate", "parsed tool call"),
+    ("name_accuracy", "right tool name"),
+    ("exact_call_accuracy", "exact call (name + arguments)"),
+    ("abstention_accuracy", "final answer without a call"),
+)
+
+
 def markdown(summary: dict) -> str:
     s, turns, agent = summary["settings"], summary["turns"], summary["agent"]
-    tokens, train = summary["tokens"], summary["train"]
+    tokens, train, data = summary["tokens"], summary["train"], summary["data"]
     lines = [
-        f"Qwen2.5-Coder-0.5B-Instruct (f32, from `{FETCH_COMMAND}`) learns the agent's tool calls from the",
-        "scripted demonstrator's traces: collect → curate → LoRA → evaluate base vs adapter on held-out work.",
-        "",
-        f"Command: `{summary['command']}`",
+        "Qwen2.5-Coder-0.5B-Instruct (f32, converted offline from the GGUF on PyPI) learns the reference agent's",
+        "tool calls from the scripted demonstrator's traces: collect → curate → LoRA → base vs adapter on held-out",
+        f"work. Command: `{summary['command']}`",
         "",
         "| setting | value |",
         "|---|---|",
-        f"| suite | `{s['suite']}`: {summary['data']['train_tasks']} train tasks, "
-        f"{summary['data']['held_out_tasks']} held-out tasks |",
-        f"| training data | {counts(summary['data']['splits'])} samples; {tokens['tokens_mean']:.0f} tokens/sample "
-        f"(max {tokens['tokens_max']}), {tokens['supervised_mean']:.0f} supervised, "
-        f"{tokens['shared_prompt_prefix']} shared by every prompt |",
+        f"| suite | `{s['suite']}`: {data['train_tasks']} train tasks ({data['collection']['train']['recorded']} "
+        f"recorded requests), {data['held_out_tasks']} held-out tasks |",
+        f"| training data | {counts(data['splits'])} samples; {tokens['tokens_mean']:.0f} tokens/sample "
+        f"(max {tokens['tokens_max']}) of which {tokens['supervised_mean']:.0f} supervised; the first "
+        f"{tokens['shared_prompt_prefix']} (system prompt + tool listing) are the same in every prompt |",
         f"| LoRA | rank {s['lora_rank']}, last {s['num_layers']} blocks"
-        f"{' + lm_head' if not s['no_lora_lm_head'] else ''}; {s['iters']} iterations × batch {s['batch_size']},"
-        f" lr {s['lr']:g} cosine → {s['lr'] / 10:g}, max_seq_length {s['max_seq_length']} |",
-        f"| turn cases | {turns['n']} ({turns['n_call_cases']} with a reference call) from "
-        f"{summary['data']['turns_source']} |",
-        f"| agent tasks | {agent['n']} held-out tasks, round-robin over templates "
-        f"({', '.join(agent['templates'])}); ≤ {s['agent_max_steps']} requests each |",
+        f"{' + lm_head' if not s['no_lora_lm_head'] else ''}; {s['iters']} iterations × batch {s['batch_size']} "
+        f"({s['iters'] * s['batch_size']} samples seen), lr {s['lr']:g} cosine → {s['lr'] / 10:g}, "
+        f"max_seq_length {s['max_seq_length']}, seed {s['seed']} |",
+    ]
+    for name, result in turns.items():
+        lines.append(
+            f"| turns: {name} | {result['n']} cases ({result['n_call_cases']} with a reference call), spread over "
+            f"{result['available']}: {TURN_SETS[name]} |"
+        )
+    lines += [
+        f"| agent | {agent['n']} held-out tasks, round-robin over templates ({', '.join(agent['templates'])}); "
+        f"≤ {s['agent_max_steps']} model requests each; the end state is checked |",
         f"| generation | greedy, max_tokens {s['max_tokens']}, {s['concurrency']} concurrent requests to "
-        "`mlx_lm server` |",
+        "`mlx_lm server` (one per side) |",
         "",
-        "| result | base | adapter | paired (McNemar p) |",
+        "| result | base | adapter | McNemar p |",
         "|---|---:|---:|---:|",
     ]
-    for key, label in (
-        ("parsed_call_rate", "turns: parsed tool call"),
-        ("name_accuracy", "turns: right tool name"),
-        ("exact_call_accuracy", "turns: exact call (name + arguments)"),
-        ("abstention_accuracy", "turns: final answer without a call"),
-    ):
-        paired = turns["paired"].get(key) or {}
-        lines.append(
-            f"| {label} | {fmt_rate(turns['base'][key])} | {fmt_rate(turns['adapter'][key])} | "
-            f"{fmt_p(paired.get('mcnemar_p'))} |"
-        )
+    for name, result in turns.items():
+        for key, label in TURN_ROWS:
+            paired = result["paired"].get(key) or {}
+            lines.append(
+                f"| turns ({name}): {label} | {fmt_rate(result['base'][key])} | "
+                f"{fmt_rate(result['adapter'][key])} | {fmt_p(paired.get('mcnemar_p'))} |"
+            )
     a = agent["paired"]
-    lines.append(
-        f"| agent: held-out tasks solved | {agent['base_successes']}/{agent['n']} | "
-        f"{agent['adapter_successes']}/{agent['n']} | {fmt_p(a['mcnemar_p'])} "
-        f"({a['adapter_only']} adapter-only, {a['base_only']} base-only) |"
-    )
     lines += [
+        f"| **agent: held-out tasks solved** | {agent['base_successes']}/{agent['n']} | "
+        f"{agent['adapter_successes']}/{agent['n']} | {fmt_p(a['mcnemar_p'])} "
+        f"({a['adapter_only']} adapter-only, {a['base_only']} base-only) |",
         "",
-        f"Turn verdicts, base: {codes(summary['turns']['base_codes'])}; "
-        f"adapter: {codes(summary['turns']['adapter_codes'])}.",
-        "",
-        "| stage | seconds |",
-        "|---|---:|",
     ]
+    for name, result in turns.items():
+        lines.append(
+            f"Turn verdicts ({name}): base {codes(result['base_codes'])}; adapter {codes(result['adapter_codes'])}."
+        )
+    lines += ["", "| stage | seconds |", "|---|---:|"]
     lines += [f"| {name} | {sec:.0f} |" for name, sec in summary["stage_seconds"].items()]
+    t = summary["targets"]
     lines += [
         f"| **total** | **{summary['total_seconds']:.0f}** ({summary['total_seconds'] / 60:.1f} min) |",
         "",
-        f"Training: {train['s_per_iter']:.1f} s/iteration including model load and "
-        f"{train['val_seconds']:.0f} s of validation (median step {train['median_step_s']} s); loss "
-        f"{train['first_train_loss']:.2f} → {train['final_train_loss']:.2f}, validation loss "
-        f"{train['first_val_loss']:.2f} → {train['final_val_loss']:.2f}.",
+        f"Training: {train['s_per_iter']:.1f} s per iteration overall (model load, preflight and "
+        f"{train['val_seconds']:.0f} s of validation included; median step {train['median_step_s']} s); train loss "
+        f"{fmt_loss(train['first_train_loss'])} → {fmt_loss(train['final_train_loss'])} (first and last report "
+        f"window), validation loss {fmt_loss(train['first_val_loss'])} → {fmt_loss(train['final_val_loss'])}; "
+        f"{train.get('loss') or 'loss: –'} (`train/loss.py`).",
         "",
-        f"Targets: held-out exact calls ≥ {EXACT_TARGET:.0%}: **{yes(summary['targets']['exact_calls'])}**; "
-        f"significant agent gain (p < {ALPHA}): **{yes(summary['targets']['agent_gain'])}**; "
-        f"≤ 30 min: **{yes(summary['targets']['time'])}**.",
+        f"Targets (issue #7): exact calls ≥ {EXACT_TARGET:.0%} on the test split **{yes(t['exact_calls_test_split'])}**"
+        f", on the held-out tasks' turns **{yes(t['exact_calls_held_out_tasks'])}**; significant agent-level gain "
+        f"(McNemar p < {ALPHA}) **{yes(t['agent_gain'])}**; ≤ 30 min **{yes(t['time'])}**.",
         "",
         f"Machine load: load average (1/5/15 min) {summary['load']['start']} at the start, "
         f"{summary['load']['end']} at the end, 1-min maximum {summary['load']['max_1min']} at stage ends, on "
-        f"{summary['load']['cores']} cores (this run alone keeps about one core busy, two while the server and "
-        "the agent both work; a higher load means other processes competed and the times are inflated).",
+        f"{summary['load']['cores']} cores (the run alone keeps one to two cores busy; a higher load means other "
+        "processes competed and the times are inflated).",
     ]
     if summary["reused"]:
-        lines += [
-            "",
-            f"Reused from an earlier run (their times are not comparable): {', '.join(summary['reused'])}.",
-        ]
+        lines += ["", f"Reused from an earlier run (times not comparable): {', '.join(summary['reused'])}."]
     return "\n".join(lines)
+
+
+def fmt_loss(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def codes(counts: dict) -> str:
@@ -458,19 +480,22 @@ def yes(flag: bool) -> str:
     return "met" if flag else "not met"
 
 
-def evaluate_report(name: str, model: Path, adapter: Path, args, base, adapted, seed: int) -> dict:
+def evaluate_report(name: str, model: Path, adapter: Path, args, base_turns, adapter_turns, episodes) -> dict:
     """A report in evaluate's format, so evaluate.report renders it (HTML, console table)."""
     from evaluate import stats
 
-    turns = {"baseline": base[0], "candidate": adapted[0]}
-    turns["comparison"] = stats.compare_turns(base[0], adapted[0], seed=seed)
-    agent = {
-        "suite": args.suite,
-        "n_tasks": len(adapted[1]),
-        "baseline": {"episodes": base[1], "summary": stats.agent_summary(base[1]), "proxy": None},
-        "candidate": {"episodes": adapted[1], "summary": stats.agent_summary(adapted[1]), "proxy": None},
-    }
-    agent["comparison"] = stats.compare_agent(base[1], adapted[1], seed=seed)
+    turns = {"baseline": base_turns, "candidate": adapter_turns}
+    turns["comparison"] = stats.compare_turns(base_turns, adapter_turns, seed=args.seed)
+    agent = None
+    if episodes is not None:
+        base, adapted = episodes
+        agent = {
+            "suite": args.suite,
+            "n_tasks": len(adapted),
+            "baseline": {"episodes": base, "summary": stats.agent_summary(base), "proxy": None},
+            "candidate": {"episodes": adapted, "summary": stats.agent_summary(adapted), "proxy": None},
+        }
+        agent["comparison"] = stats.compare_agent(base, adapted, seed=args.seed)
     return {
         "name": name,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -479,7 +504,7 @@ def evaluate_report(name: str, model: Path, adapter: Path, args, base, adapted, 
         "baseline_model": str(model),
         "server": None,
         "data": None,
-        "tasks": args.suite,
+        "tasks": args.suite if agent else None,
         "labels": {"candidate": "adapter", "baseline": "base"},
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "turns": turns,
@@ -515,23 +540,17 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     # 1 collect: train tasks → training traces; held-out tasks → turn-level test traces only
-    data_settings = {
-        "suite": args.suite,
-        "model": str(model),
-        "seed": args.seed,
-        "turns_from": args.turns_from,
-    }
+    data_settings = {"suite": args.suite, "model": str(model), "seed": args.seed}
     data_settings["max_seq_length"] = args.max_seq_length
     data_key = fingerprint(data_settings)
     traces_dir, data_dir = workdir / f"traces-{data_key}", workdir / f"data-{data_key}"
     held_traces, held_data = workdir / f"traces-held-out-{data_key}", workdir / f"data-held-out-{data_key}"
-    held_out_turns = args.turns_from == "held-out-tasks"
     if not stages.begin("collect", traces_dir, data_settings):
         move_aside(held_traces)
-        collection = {"train": collect_traces(suite, suite.train, traces_dir, args, console)}
-        if held_out_turns:
-            held_traces.mkdir(parents=True, exist_ok=True)
-            collection["held_out"] = collect_traces(suite, suite.held_out, held_traces, args, console)
+        collection = {
+            "train": collect_traces(suite, suite.train, traces_dir, args, console),
+            "held_out": collect_traces(suite, suite.held_out, held_traces, args, console),
+        }
         (traces_dir / "collections.json").write_text(json.dumps(collection, indent=2) + "\n")
     collection = json.loads((traces_dir / "collections.json").read_text())
     stages.end(traces_dir, data_settings)
@@ -539,12 +558,10 @@ def main(argv: list[str] | None = None) -> dict:
     # 2 curate
     if not stages.begin("curate", data_dir, data_settings):
         move_aside(held_data)
-        split = (0.9, 0.1, 0.0) if held_out_turns else (0.8, 0.1, 0.1)
-        splits = {"train_tasks": curate_traces(traces_dir, data_dir, split, model, args, console)}
-        if held_out_turns:
-            splits["held_out_tasks"] = curate_traces(
-                held_traces, held_data, (1.0, 0.0, 0.0), model, args, console
-            )
+        splits = {
+            "train_tasks": curate_traces(traces_dir, data_dir, (0.8, 0.1, 0.1), model, args, console),
+            "held_out_tasks": curate_traces(held_traces, held_data, (1.0, 0.0, 0.0), model, args, console),
+        }
         (data_dir / "splits.json").write_text(json.dumps(splits) + "\n")
     splits = json.loads((data_dir / "splits.json").read_text())
     if leaks := leaked_prompts(data_dir, suite.held_out):
@@ -559,8 +576,9 @@ def main(argv: list[str] | None = None) -> dict:
         )
     stages.end(data_dir, data_settings)
 
-    turns_file = held_data / "train.jsonl" if held_out_turns else data_dir / "test.jsonl"
-    samples = spread(load_samples(turns_file), args.turn_limit)
+    turn_files = {"test split": data_dir / "test.jsonl", "held-out tasks": held_data / "train.jsonl"}
+    all_turns = {name: load_samples(path) for name, path in turn_files.items()}
+    turn_sets = {name: spread(samples, args.turn_limit) for name, samples in all_turns.items()}
     tasks = round_robin_tasks(suite.held_out, args.agent_tasks)
 
     # 3 train
@@ -575,18 +593,58 @@ def main(argv: list[str] | None = None) -> dict:
     trained = train_summary(adapter_dir, train_seconds, args.iters)
 
     # 4 evaluate: base, then base + adapter
-    base = evaluate_side("base", model, None, samples, tasks, args, stages, workdir)
-    adapted = evaluate_side("adapter", model, adapter_dir, samples, tasks, args, stages, workdir)
+    base_turns, base_episodes = evaluate_side("base", model, None, turn_sets, tasks, args, stages, workdir)
+    adapter_turns, adapter_episodes = evaluate_side(
+        "adapter", model, adapter_dir, turn_sets, tasks, args, stages, workdir
+    )
 
-    report = evaluate_report("real-model", model, adapter_dir, args, base, adapted, args.seed)
-    json_path, html_path = write_reports(report, workdir)
-    print_summary(report, console=Console())
+    stages.begin("report")
+    reports = {
+        "test split": evaluate_report(
+            "real-model",
+            model,
+            adapter_dir,
+            args,
+            base_turns["test split"],
+            adapter_turns["test split"],
+            (base_episodes, adapter_episodes),
+        ),
+        "held-out tasks": evaluate_report(
+            "real-model-held-out-turns",
+            model,
+            adapter_dir,
+            args,
+            base_turns["held-out tasks"],
+            adapter_turns["held-out tasks"],
+            None,
+        ),
+    }
+    paths = {name: [str(p) for p in write_reports(report, workdir)] for name, report in reports.items()}
+    print_summary(reports["test split"], console=Console())
+    print_summary(reports["held-out tasks"], console=Console())
 
-    turn_pairs = report["turns"]["comparison"]["paired"]
-    agent_pair = report["agent"]["comparison"]["success"]
-    base_rates, adapter_rates = base[0]["rates"], adapted[0]["rates"]
+    agent_pair = reports["test split"]["agent"]["comparison"]["success"]
+    turns = {}
+    for name in turn_sets:
+        b, a = base_turns[name], adapter_turns[name]
+        turns[name] = {
+            "file": str(turn_files[name]),
+            "available": len(all_turns[name]),
+            "n": len(turn_sets[name]),
+            "n_call_cases": a["n_call_cases"],
+            "base": b["rates"],
+            "adapter": a["rates"],
+            "paired": reports[name]["turns"]["comparison"]["paired"],
+            "base_codes": {k: v for k, v in b["codes"].items() if v},
+            "adapter_codes": {k: v for k, v in a["codes"].items() if v},
+        }
+    stages.end()
     total = round(time.monotonic() - total_started, 1)
     load_end = load_line()
+
+    def exact_ok(name: str) -> bool:
+        return (turns[name]["adapter"].get("exact_call_accuracy") or 0) >= EXACT_TARGET
+
     summary = {
         "command": shlex.join(["uv", "run", "python", "bench/real_model.py", *argv]),
         "model": str(model),
@@ -602,33 +660,19 @@ def main(argv: list[str] | None = None) -> dict:
                 for side, c in collection.items()
             },
             "splits": splits["train_tasks"],
-            "held_out_splits": splits.get("held_out_tasks"),
-            "turns_source": (
-                "the teacher's turns on the held-out tasks (never trained on)"
-                if held_out_turns
-                else "curate's test split of the train-task traces"
-            ),
-            "turns_file": str(turns_file),
+            "held_out_splits": splits["held_out_tasks"],
         },
         "tokens": tokens,
         "train": trained,
-        "turns": {
-            "n": len(samples),
-            "n_call_cases": adapted[0]["n_call_cases"],
-            "base": base_rates,
-            "adapter": adapter_rates,
-            "paired": turn_pairs,
-            "base_codes": {k: v for k, v in base[0]["codes"].items() if v},
-            "adapter_codes": {k: v for k, v in adapted[0]["codes"].items() if v},
-        },
+        "turns": turns,
         "agent": {
             "n": len(tasks),
             "templates": sorted({t.template for t in tasks}),
-            "base_successes": sum(e["success"] for e in base[1]),
-            "adapter_successes": sum(e["success"] for e in adapted[1]),
+            "base_successes": sum(e["success"] for e in base_episodes),
+            "adapter_successes": sum(e["success"] for e in adapter_episodes),
             "paired": agent_pair,
-            "base_summary": report["agent"]["baseline"]["summary"],
-            "adapter_summary": report["agent"]["candidate"]["summary"],
+            "base_summary": reports["test split"]["agent"]["baseline"]["summary"],
+            "adapter_summary": reports["test split"]["agent"]["candidate"]["summary"],
         },
         "stage_seconds": stages.seconds,
         "total_seconds": total,
@@ -641,25 +685,20 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "reused": stages.reused,
         "targets": {
-            "exact_calls": (adapter_rates.get("exact_call_accuracy") or 0) >= EXACT_TARGET,
+            "exact_calls_test_split": exact_ok("test split"),
+            "exact_calls_held_out_tasks": exact_ok("held-out tasks"),
             "agent_gain": agent_pair["delta"] > 0 and agent_pair["mcnemar_p"] < ALPHA,
             "time": total <= TIME_TARGET_S and not stages.reused,
         },
-        "reports": {"json": str(json_path), "html": str(html_path)},
+        "reports": paths,
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     if not args.no_report:
         from bench._report import write_section
 
-        write_section(
-            "real_model",
-            "A real model: Qwen2.5-Coder-0.5B-Instruct learns the agent's tool calls",
-            markdown(summary),
-        )
-    console.print(
-        f"total {total / 60:.1f} min · targets {summary['targets']} · summary {workdir / 'summary.json'}"
-        f" · report {html_path}"
-    )
+        title = "A real model: Qwen2.5-Coder-0.5B-Instruct learns the agent's tool calls (issue #7)"
+        write_section("real_model", title, markdown(summary))
+    console.print(f"total {total / 60:.1f} min · targets {summary['targets']} · {workdir / 'summary.json'}")
     return summary
 
 

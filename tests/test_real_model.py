@@ -71,17 +71,28 @@ def test_smoke_run_on_qwen(tmp_path):
     summary = json.loads((workdir / "summary.json").read_text())
     for key in ("command", "settings", "data", "tokens", "train", "turns", "agent", "stage_seconds", "load"):
         assert key in summary
-    assert set(summary["targets"]) == {"exact_calls", "agent_gain", "time"}
     collection = summary["data"]["collection"]
     assert collection["train"]["recorded"] == collection["train"]["agent_requests"] > 0
     assert collection["held_out"]["episodes"] == summary["data"]["held_out_tasks"]
     assert summary["tokens"]["shared_prompt_prefix"] > 100  # Qwen's tool listing, shared by every prompt
     assert summary["train"]["final_train_loss"] is not None
     assert (Path(summary["adapter"]) / "adapters.safetensors").is_file()
-    assert summary["turns"]["n"] == 4 and summary["agent"]["n"] == 2
-    for side in ("base", "adapter"):
-        assert set(summary["turns"][side]) >= {"parsed_call_rate", "name_accuracy", "exact_call_accuracy"}
+    assert set(summary["turns"]) == {"test split", "held-out tasks"}
+    for turn_set in summary["turns"].values():
+        assert turn_set["n"] == 4 <= turn_set["available"]
+        for side in ("base", "adapter"):
+            assert set(turn_set[side]) >= {"parsed_call_rate", "name_accuracy", "exact_call_accuracy"}
+        assert "exact_call_accuracy" in turn_set["paired"] or turn_set["n_call_cases"] == 0
+    assert summary["agent"]["n"] == 2
     assert 0 <= summary["agent"]["paired"]["mcnemar_p"] <= 1
-    assert set(summary["stage_seconds"]) >= {"collect", "curate", "train", "turns base", "agent adapter"}
-    assert Path(summary["reports"]["html"]).is_file()
+    assert set(summary["targets"]) == {
+        "exact_calls_test_split",
+        "exact_calls_held_out_tasks",
+        "agent_gain",
+        "time",
+    }
+    assert {"collect", "curate", "train", "turns base (test split)", "agent adapter"} <= set(
+        summary["stage_seconds"]
+    )
+    assert all(Path(p).is_file() for paths in summary["reports"].values() for p in paths)
     assert (benchmarks.read_text() if benchmarks.exists() else None) == before  # --no-report

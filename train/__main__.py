@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grad-accumulation-steps", type=int)
     g.add_argument("--grad-checkpoint", action=on_off, help="trade compute for memory")
     g.add_argument(
+        "--head-on-supervised",
+        action=on_off,
+        help="compute the output head only where the loss counts (same loss, checked at start; default: on)",
+    )
+    g.add_argument(
         "--max-seq-length",
         type=int,
         help="longer samples are truncated, and counted in preflight (default: 2048)",

@@ -64,6 +64,7 @@ class TrainConfig:
     weight_decay: float = 0.01  # adamw only
     grad_accumulation_steps: int = 1
     grad_checkpoint: bool = False
+    head_on_supervised: bool = True  # output head on supervised positions only (same loss, less work)
     max_seq_length: int = 2048
     seed: int = 0
     # Reporting, checkpoints, selection

@@ -27,9 +27,11 @@ from mlx_lm.tuner.callbacks import TrainingCallback
 from rich.console import Console
 
 from train import adapters, checkpoint
+from train import loss as loss_lib
 from train import manifest as manifest_lib
 from train import preflight as pf
 from train.config import ConfigError, TrainConfig, default_adapter_dir, to_toml, validate
+from train.loss import supervised_positions
 from train.plot import plot_metrics
 
 METRICS = "metrics.jsonl"
@@ -100,7 +102,8 @@ def make_iterate_batches(seed: int, start_iteration: int = 0):
 
 
 def collate(dataset, indices: list[int], max_seq_length: int):
-    """mlx-lm's padding: to 1 + a multiple of 32, capped at max_seq_length; returns (batch, [offset, length])."""
+    """mlx-lm's padding: to 1 + a multiple of 32, capped at max_seq_length; returns (batch, [offset, length]) plus
+    the supervised positions and their weights (`train.loss`)."""
     items = [dataset[j] for j in indices]
     lengths = [min(len(tokens), max_seq_length) for tokens, _ in items]
     pad_to = 32
@@ -108,7 +111,9 @@ def collate(dataset, indices: list[int], max_seq_length: int):
     batch = np.zeros((len(items), width), np.int32)
     for row, ((tokens, _), length) in enumerate(zip(items, lengths, strict=True)):
         batch[row, :length] = tokens[:length]
-    return mx.array(batch), mx.array([[off, length] for (_, off), length in zip(items, lengths, strict=True)])
+    offsets = np.array([[off, length] for (_, off), length in zip(items, lengths, strict=True)], np.int32)
+    positions, weights = supervised_positions(offsets, width)
+    return mx.array(batch), mx.array(offsets), mx.array(positions), mx.array(weights)
 
 
 def build_optimizer(config: TrainConfig):
@@ -204,6 +209,7 @@ class Run:
         self.trained_tokens = 0
         self.last_train_loss: float | None = None
         self.last_val_loss: float | None = None
+        self.loss_note = ""
         self.model = self.tokenizer = self.optimizer = None
         self.adapter_config: dict = {}
         self.select_samples: list[dict] = []
@@ -411,18 +417,33 @@ def run(config: TrainConfig, console: Console | None = None) -> Path:
     train_set = TokenizedDataset(datasets["train"])
     valid_set = TokenizedDataset(datasets["valid"]) if datasets["valid"] else None
 
+    batches = list(
+        make_iterate_batches(config.seed)(
+            train_set, config.batch_size, config.max_seq_length, comm_group=run_state.world
+        )
+    )
+    model.eval()  # no dropout while the two losses are compared
+    token_lists = [tokens[: config.max_seq_length] for tokens, _ in train_set.items]
+    token_lists += [tokens[: config.max_seq_length] for tokens, _ in (valid_set.items if valid_set else [])]
+    prefix_length = loss_lib.shared_prefix_length(token_lists)
+    loss_fn, loss_note = loss_lib.choose(
+        model,
+        batches[0],
+        enabled=config.head_on_supervised,
+        prefix_tokens=token_lists[0][:prefix_length] if prefix_length >= loss_lib.POSITION_PAD else None,
+    )
+    run_state.print(f"[dim]{loss_note}[/dim]")
+    run_state.loss_note = loss_note
+
     # Preflight, part 3: time a couple of real steps.
     timing = None
     if config.timing_steps:
-        batches = list(
-            make_iterate_batches(config.seed)(
-                train_set, config.batch_size, config.max_seq_length, comm_group=run_state.world
-            )
-        )
         longest = max(batches, key=lambda b: b[0].shape[1])
         middle = sorted(batches, key=lambda b: b[0].shape[1])[len(batches) // 2]
         model.train()
-        timing = pf.time_steps(model, longest, middle, lambda: build_optimizer(config), config.timing_steps)
+        timing = pf.time_steps(
+            model, longest, middle, lambda: build_optimizer(config), config.timing_steps, loss=loss_fn
+        )
         remaining = config.iters - (resume_from["iteration"] if resume_from else 0)
         run_state.print(
             f"[green]warm-up[/green] {timing['seconds_per_iteration']:.3f} s/iteration (median-length batch; longest "
@@ -497,6 +518,7 @@ def run(config: TrainConfig, console: Console | None = None) -> Path:
                 train_dataset=train_set,
                 val_dataset=valid_set,
                 args=args,
+                loss=loss_fn,
                 iterate_batches=make_iterate_batches(config.seed, run_state.start),
                 training_callback=RunCallback(run_state),
             )
@@ -557,6 +579,7 @@ def run(config: TrainConfig, console: Console | None = None) -> Path:
             "git": manifest_lib.git_state(),
             "command": manifest_lib.command_line(),
             "blas": manifest_lib.blas(),
+            "loss": run_state.loss_note,
             "distributed": {
                 "world_size": run_state.world.size(),
                 "gradient_averaging": "mlx_lm.tuner.trainer: average_gradients (all_sum / world size) every update",

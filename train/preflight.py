@@ -220,7 +220,7 @@ def print_length_report(console, split: str, report: SplitReport, max_seq_length
         )
 
 
-def time_steps(model, longest, typical, make_optimizer, steps: int) -> dict[str, float]:
+def time_steps(model, longest, typical, make_optimizer, steps: int, loss=None) -> dict[str, float]:
     """Seconds per training step, measured on real steps compiled as mlx-lm's trainer compiles them (forward,
     backward, optimizer update) with a throw-away optimizer; the trainable weights are restored afterwards.
 
@@ -230,23 +230,24 @@ def time_steps(model, longest, typical, make_optimizer, steps: int) -> dict[str,
 
     import mlx.core as mx
     import mlx.nn as nn
-    from mlx_lm.tuner.trainer import default_loss
+
+    from train.loss import full_loss
 
     saved = model.trainable_parameters()
     optimizer = make_optimizer()
-    loss_and_grad = nn.value_and_grad(model, default_loss)
+    loss_and_grad = nn.value_and_grad(model, loss or full_loss)
     state = [model.state, optimizer.state, mx.random.state]
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def step(batch, lengths):
-        (loss, ntoks), grad = loss_and_grad(model, batch, lengths)
+    def step(*batch):
+        (value, ntoks), grad = loss_and_grad(model, *batch)
         optimizer.update(model, grad)
-        return loss, ntoks
+        return value, ntoks
 
     def one(batch):
         tic = time.perf_counter()
-        loss, ntoks = step(*batch)
-        mx.eval(state, loss, ntoks)
+        value, ntoks = step(*batch)
+        mx.eval(state, value, ntoks)
         return time.perf_counter() - tic, ntoks.item()
 
     mx.reset_peak_memory()
