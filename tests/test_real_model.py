@@ -62,7 +62,7 @@ def test_smoke_run_on_qwen(tmp_path):
     before = benchmarks.read_text() if benchmarks.exists() else None
     workdir = tmp_path / "run"
     command = [sys.executable, str(SCRIPT), "--iters", "2", "--turn-limit", "4", "--agent-tasks", "2"]
-    command += ["--val-batches", "1", "--no-report", "--workdir", str(workdir)]
+    command += ["--val-batches", "1", "--seed", "1", "--no-report", "--workdir", str(workdir)]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=1400, env=dict(os.environ, COLUMNS="200")
     )
@@ -76,6 +76,8 @@ def test_smoke_run_on_qwen(tmp_path):
     assert collection["held_out"]["episodes"] == summary["data"]["held_out_tasks"]
     assert summary["tokens"]["shared_prompt_prefix"] > 100  # Qwen's tool listing, shared by every prompt
     assert summary["train"]["final_train_loss"] is not None
+    assert summary["settings"]["seed"] == 1
+    assert "blocks 1-16 (frozen) run once" in summary["train"]["loss"]  # train.loss's cheapest, checked
     assert (Path(summary["adapter"]) / "adapters.safetensors").is_file()
     assert set(summary["turns"]) == {"test split", "held-out tasks"}
     for turn_set in summary["turns"].values():

@@ -168,5 +168,7 @@ def test_teacher_solves_the_demo_suite():
     demo = load_suite("demo")
     assert not {t.prompt for t in demo.train} & {t.prompt for t in demo.held_out}
     with Teacher(demo) as demo_teacher:
-        episodes = run_episodes(demo.tasks, demo_teacher.base_url, demo_teacher.model_name, show_progress=False)
+        episodes = run_episodes(
+            demo.tasks, demo_teacher.base_url, demo_teacher.model_name, show_progress=False
+        )
     assert [e.task_id for e in episodes if not e.success] == []

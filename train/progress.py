@@ -34,7 +34,7 @@ class TrainProgress:
             MofNCompleteColumn(),
             TextColumn("loss [bold]{task.fields[loss]}"),
             TextColumn("val [bold]{task.fields[val]}"),
-            TextColumn("{task.fields[tps]} tok/s"),
+            TextColumn("{task.fields[tps]} supervised tok/s"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -64,7 +64,9 @@ class TrainProgress:
     def report_train(self, it, train_loss, tokens_sec, trained_tokens):
         self.progress.update(self.task, loss=f"{train_loss:.3f}", tps=f"{tokens_sec:,.0f}")
         if self.lines:
-            self.print(f"  iter {self.start + it:>6}  loss {train_loss:.3f}  {tokens_sec:,.0f} tok/s")
+            self.print(
+                f"  iter {self.start + it:>6}  loss {train_loss:.3f}  {tokens_sec:,.1f} supervised tok/s"
+            )
 
     @contextlib.contextmanager
     def val_task(self, total: int):
