@@ -162,7 +162,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--reuse-data", action="store_true", help="skip collect+curate; use WORKDIR/data")
     parser.add_argument("--data-only", action="store_true", help="stop after collect+curate")
     parser.add_argument("--skip-base", action="store_true", help="don't evaluate the base model")
-    parser.add_argument("--model", type=Path, default=None, help="student model dir (default: the shipped tiny base)")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="student model dir (default: the shipped tiny base)"
+    )
     parser.add_argument("--iters", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-4)

@@ -417,18 +417,18 @@ def run(config: TrainConfig, console: Console | None = None) -> Path:
     train_set = TokenizedDataset(datasets["train"])
     valid_set = TokenizedDataset(datasets["valid"]) if datasets["valid"] else None
 
-    batches = list(
-        make_iterate_batches(config.seed)(
+    def all_batches():
+        return make_iterate_batches(config.seed)(
             train_set, config.batch_size, config.max_seq_length, comm_group=run_state.world
         )
-    )
+
     model.eval()  # no dropout while the two losses are compared
     token_lists = [tokens[: config.max_seq_length] for tokens, _ in train_set.items]
     token_lists += [tokens[: config.max_seq_length] for tokens, _ in (valid_set.items if valid_set else [])]
     prefix_length = loss_lib.shared_prefix_length(token_lists)
     loss_fn, loss_note = loss_lib.choose(
         model,
-        batches[0],
+        next(all_batches()),
         enabled=config.head_on_supervised,
         prefix_tokens=token_lists[0][:prefix_length] if prefix_length >= loss_lib.POSITION_PAD else None,
     )
@@ -438,6 +438,7 @@ def run(config: TrainConfig, console: Console | None = None) -> Path:
     # Preflight, part 3: time a couple of real steps.
     timing = None
     if config.timing_steps:
+        batches = list(all_batches())
         longest = max(batches, key=lambda b: b[0].shape[1])
         middle = sorted(batches, key=lambda b: b[0].shape[1])[len(batches) // 2]
         model.train()
