@@ -257,7 +257,9 @@ figure), median over report windows of {args.report} steps after the first; wall
 
 **`python -m train` / `mlx_lm lora`: {statistics.median(paired):.2f}× tokens/s** (median of the per-round ratios
 {", ".join(f"{p:.2f}" for p in paired)}; ratio of the medians {ratio:.2f}×, {our_tps:,.0f} vs {raw_tps:,.0f} tokens/s).
-Both run mlx-lm's own compiled `train()` step; the difference is batching. Token positions computed per epoch
+Both run mlx-lm's own compiled `train()` step; two things differ. The loss: ours computes the output head
+on supervised positions only (`train/loss.py`, same value and gradients; every layer trains here, so the
+frozen-prefix part does not apply; `bench/train_step_cost.py` isolates it). Batching: token positions computed per epoch
 (deterministic, from the tokenized data): mlx_lm lora {pads["mlx_lm lora"]["computed"]:,} for
 {pads["mlx_lm lora"]["real"]:,} real tokens ({pads["mlx_lm lora"]["efficiency"]:.0%} useful); python -m train
 {pads["python -m train"]["computed"]:,} ({pads["python -m train"]["efficiency"]:.0%} useful). mlx-lm's
