@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
         make_iterate_batches(0)(TokenizedDataset(items), args.batch_size, 4096), key=lambda b: b[0].shape[1]
     )
     batch = batches[len(batches) // 2]
-    prefix_length = loss_lib.shared_prefix_length([t.tokens for t in items])
-    prefix = loss_lib.build_prefix(model, items[0].tokens[:prefix_length])
+    prefix_tokens = loss_lib.shared_prefix([t.tokens for t in items])
+    prefix = loss_lib.build_prefix(model, prefix_tokens) if prefix_tokens else None
     losses = {"mlx-lm default": loss_lib.full_loss, "head on supervised positions": loss_lib.supervised_loss}
     if prefix is not None:
         losses["+ frozen prefix once"] = loss_lib.make_prefix_loss(prefix)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": model_path,
         "tokens": int(batch[0].shape[1]) - 1,
         "supervised": int(batch[3].sum().item()),
-        "prefix": prefix_length if prefix is not None else 0,
+        "prefix": prefix.length if prefix is not None else 0,
         "frozen_blocks": prefix.frozen if prefix is not None else 0,
         "seconds": seconds,
         "median": median,

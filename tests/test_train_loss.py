@@ -137,6 +137,8 @@ def test_shared_prefix_length():
     assert loss_lib.shared_prefix_length([[1, 2, 3, 4], [1, 2, 5, 6, 7]]) == 2
     assert loss_lib.shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # below the shortest input
     assert loss_lib.shared_prefix_length([[9, 1], [1, 2]]) == 0
+    assert loss_lib.shared_prefix([[1, 2, 3, 4], [1, 2, 5, 6, 7]], minimum=2) == [1, 2]
+    assert loss_lib.shared_prefix([[1, 2, 3, 4], [1, 2, 5, 6, 7]], minimum=3) is None
 
 
 def test_train_run_records_the_loss_it_used(tmp_path, tiny_model, tokenized):

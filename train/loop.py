@@ -425,12 +425,11 @@ def run(config: TrainConfig, console: Console | None = None) -> Path:
     model.eval()  # no dropout while the two losses are compared
     token_lists = [tokens[: config.max_seq_length] for tokens, _ in train_set.items]
     token_lists += [tokens[: config.max_seq_length] for tokens, _ in (valid_set.items if valid_set else [])]
-    prefix_length = loss_lib.shared_prefix_length(token_lists)
     loss_fn, loss_note = loss_lib.choose(
         model,
         next(all_batches()),
         enabled=config.head_on_supervised,
-        prefix_tokens=token_lists[0][:prefix_length] if prefix_length >= loss_lib.POSITION_PAD else None,
+        prefix_tokens=loss_lib.shared_prefix(token_lists),
     )
     run_state.print(f"[dim]{loss_note}[/dim]")
     run_state.loss_note = loss_note

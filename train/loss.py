@@ -19,6 +19,7 @@ import mlx.nn as nn
 import numpy as np
 
 POSITION_PAD = 32
+MIN_PREFIX = 32  # a shorter shared prefix saves too little to be worth caching
 
 
 def supervised_positions(lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -143,6 +144,12 @@ def shared_prefix_length(token_lists: list[list[int]]) -> int:
         differ = np.flatnonzero(tokens != first[: len(tokens)])
         length = min(length, int(differ[0]) if len(differ) else len(tokens))
     return max(length, 0)
+
+
+def shared_prefix(token_lists: list[list[int]], minimum: int = MIN_PREFIX) -> list[int] | None:
+    """The tokens every sequence starts with (see `shared_prefix_length`), or None if fewer than `minimum`."""
+    length = shared_prefix_length(token_lists)
+    return list(token_lists[0][:length]) if length >= minimum else None
 
 
 def frozen_blocks(model) -> int:
