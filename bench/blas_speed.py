@@ -1,8 +1,8 @@
 """How much faster MLX runs on this Linux CPU with OpenBLAS than with the wheel's reference BLAS.
 
 Each variant runs in its own subprocess (the BLAS is chosen before mlx is imported): f32 matmul GFLOP/s at a
-few sizes, and tokens/s of full fine-tuning of the tiny model (`flywheel.tinymodel`) with mlx-lm's trainer.
-With `--lora-model DIR` (e.g. the output of `python -m flywheel.models fetch qwen2.5-coder-0.5b`) it also
+few sizes, and tokens/s of full fine-tuning of the tiny model (`models.tiny`) with mlx-lm's trainer.
+With `--lora-model DIR` (e.g. the output of `python -m models fetch qwen2.5-coder-0.5b`) it also
 times LoRA steps of that model. Figures go to docs/BENCHMARKS.md (section `blas_speed`) and, as JSON, stdout.
 
     uv run python bench/blas_speed.py
@@ -29,7 +29,7 @@ SIZES = (128, 256, 512, 1024)
 def worker(variant: str, out: Path, tiny_steps: int, lora_model: str | None, lora_steps: int) -> None:
     if variant == "reference":
         os.environ["FLYWHEEL_BLAS"] = "reference"
-    from flywheel.blas import blas_status, ensure_fast_blas, matmul_gflops
+    from core.blas import blas_status, ensure_fast_blas, matmul_gflops
 
     ensure_fast_blas()
     result = {"variant": variant, "blas": blas_status(), "load_average": os.getloadavg()[0]}
@@ -52,7 +52,7 @@ def train_speed(model_dir: str | None, steps: int, lora: bool) -> dict:
     from mlx_lm.tuner.trainer import TrainingArgs, TrainingCallback, train
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    from flywheel.tinymodel import build_tiny_model, tool_call_samples
+    from models.tiny import build_tiny_model, tool_call_samples
 
     with tempfile.TemporaryDirectory() as scratch:
         if model_dir is None:

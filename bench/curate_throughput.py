@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 try:
-    from flywheel.blas import ensure_fast_blas
+    from core.blas import ensure_fast_blas
 
     ensure_fast_blas()
 except ImportError:
@@ -34,8 +34,8 @@ except ImportError:
 
 import orjson  # noqa: E402
 
-from flywheel.tinymodel import AGENT_TOOLS  # noqa: E402
-from flywheel.trace import new_record  # noqa: E402
+from agent.tools import AGENT_TOOLS  # noqa: E402
+from core.trace import new_record  # noqa: E402
 
 FILE_BODY = "def handler(request):\n    return {'status': 'ok', 'items': [1, 2, 3]}\n\n" * 6
 TASKS = [
@@ -208,9 +208,9 @@ def baseline(inputs: list[Path], out_dir: Path, seed: int = 0) -> dict:
 
     import jsonschema
 
+    from core.trace import trace_files, validation_errors
     from curate.config import Config
     from curate.textcalls import DETECT, parse_text_calls
-    from flywheel.trace import trace_files, validation_errors
 
     config = Config()
     markers = [re.compile(p.replace("(?i)", ""), re.I) for p in config.all_markers().values()]
@@ -407,8 +407,8 @@ def baseline(inputs: list[Path], out_dir: Path, seed: int = 0) -> dict:
 
 def _child(kind: str, inputs: list[str], out_dir: str, queue, workers: int = 1) -> None:
     # imports first: both implementations are timed from their first file read, not Python start-up
+    import core.trace  # noqa: F401  (jsonschema)
     import curate.read  # noqa: F401  (jsonschema-rs, polars)
-    import flywheel.trace  # noqa: F401  (jsonschema)
     from curate import Config, run
 
     started = time.perf_counter()
@@ -445,8 +445,8 @@ def measure(kind: str, inputs: list[Path], out_dir: Path, workers: int = 1) -> d
 
 def reference_validation_cost(directory: Path, n: int = 2000) -> dict:
     """Seconds per record for the reference validator vs the fast path, on the first n valid lines."""
+    from core.trace import validation_errors
     from curate.read import fast_valid
-    from flywheel.trace import validation_errors
 
     records = []
     for path in sorted(directory.glob("*.jsonl")):
@@ -545,7 +545,7 @@ is the steadier comparison.
 Where curate's time goes (s): {", ".join(f"{k} {v}" for k, v in timings.items())}. Pass 1 (parse, validate,
 flatten, hash every line) is per-line Python work (orjson + jsonschema-rs + row tuples); everything after it is Polars.
 Validation: {fast["validation"]["fast_path"]:,} lines accepted by the fast path, {fast["validation"]["reference_validator"]:,} re-checked by the
-reference validator. Per record, `flywheel.trace.validation_errors` (jsonschema) costs {cost["reference_us"]:,.0f} µs and the fast
+reference validator. Per record, `core.trace.validation_errors` (jsonschema) costs {cost["reference_us"]:,.0f} µs and the fast
 path {cost["fast_us"]:,.0f} µs: per-record jsonschema alone would cap the funnel at ~{1e6 / cost["reference_us"]:,.0f} lines/s, which is
 why only lines the fast path refuses go to it (an accepted line must pass both; tests/test_curate_validate.py checks the
 equivalence with hypothesis). It is also most of the baseline's time.

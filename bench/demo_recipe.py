@@ -5,11 +5,11 @@
     uv run python bench/demo_recipe.py --workdir /tmp/demo --reuse-data --iters 800   # retrain on the same data
 
 Stages, each timed:
-1. collect: the scripted demonstrator (`evaluate.teacher.Teacher`) behind the recording proxy
-   (`proxy.RecordingProxy`); the reference pydantic-ai agent (`evaluate.agent.run_episodes`) runs the suite's
+1. collect: the scripted demonstrator (`agent.teacher.Teacher`) behind the recording proxy
+   (`proxy.RecordingProxy`); the reference pydantic-ai agent (`agent.episodes.run_episodes`) runs the suite's
    train tasks through the proxy, which writes the traces.
 2. curate: `curate.run([traces], data, load_config(...))` → train/valid/test.jsonl.
-3. train: `train.run(TrainConfig(...))`, full fine-tuning of the tiny base student (flywheel.tinybase; lr 3e-4 cosine → 1e-5).
+3. train: `train.run(TrainConfig(...))`, full fine-tuning of the tiny base student (models.tinybase; lr 3e-4 cosine → 1e-5).
 4. evaluate: the same agent on the suite's held-out tasks against `MlxServer(student)` and
    `MlxServer(student, adapter_path=adapter)`; paired McNemar exact test on the outcomes.
 
@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 try:
-    from flywheel.blas import ensure_fast_blas
+    from core.blas import ensure_fast_blas
 
     ensure_fast_blas()
 except ImportError:
@@ -39,8 +39,8 @@ except ImportError:
 
 
 def collect(suite, traces_dir: Path, concurrency: int) -> dict:
-    from evaluate.agent import run_episodes
-    from evaluate.teacher import Teacher
+    from agent.episodes import run_episodes
+    from agent.teacher import Teacher
     from proxy import RecordingProxy
 
     started = time.monotonic()
@@ -72,7 +72,7 @@ def curate_data(traces_dir: Path, data_dir: Path, split: tuple[float, float, flo
 
 def token_lengths(model: Path, data_dir: Path) -> dict:
     """Tokens per training sample (the whole rendered chat) and the supervised share."""
-    from flywheel.toolcalls import load_tokenizer
+    from core.toolcalls import load_tokenizer
 
     tokenizer = load_tokenizer(model)
     totals = []
@@ -127,8 +127,8 @@ def train_student(model: Path, data_dir: Path, adapter_dir: Path, args) -> dict:
 
 
 def evaluate_student(model: Path, adapter_dir: Path | None, tasks, args, label: str) -> tuple[list, float]:
-    from evaluate.agent import run_episodes
-    from flywheel.server import MlxServer
+    from agent.episodes import run_episodes
+    from core.process import MlxServer
 
     started = time.monotonic()
     with MlxServer(model, adapter_path=adapter_dir, max_tokens=args.max_tokens) as server:
@@ -180,9 +180,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--split", default="0.95,0.05,0", help="curate train,valid,test fractions")
     args = parser.parse_args(argv)
 
+    from agent.tasks import load_suite
     from evaluate.stats import mcnemar_exact
-    from evaluate.tasks import load_suite
-    from flywheel.tinybase import cached_base
+    from models.tinybase import cached_base
 
     total_started = time.monotonic()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="flywheel-demo-"))

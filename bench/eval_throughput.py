@@ -3,7 +3,7 @@
     uv run python bench/eval_throughput.py [--n 64] [--batch-sizes 16,32] [--max-tokens 256] [--model DIR]
 
 (a) each case sent one at a time to `mlx_lm server` (what the seeds' harness did), the returned message scored;
-(b) `evaluate.turns.evaluate_turns`: the same prompts in-process through mlx-lm's BatchGenerator, greedy, at
+(b) `core.turns.evaluate_turns`: the same prompts in-process through mlx-lm's BatchGenerator, greedy, at
 each batch size given (the first is the CLI's default and gives the headline ratio).
 Both at temperature 0 on the tool-calling tiny model (default) with held-out samples. Reports cases/s, the
 speed-up (target ≥ 3×), and every case whose verdict or output differs between the paths (target 0).
@@ -16,11 +16,11 @@ import os
 
 # The tiny model's matrices are too small for OpenBLAS threads to pay: on a busy CPU they spin and cost the
 # batched path (whose matrices cross OpenBLAS's threading threshold) more than the one-at-a-time path. One
-# thread for both paths (the server inherits it), as flywheel.tinymodel builds with; set it to compare others.
+# thread for both paths (the server inherits it), as models.tiny builds with; set it to compare others.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 try:
-    from flywheel.blas import ensure_fast_blas
+    from core.blas import ensure_fast_blas
 
     ensure_fast_blas()
 except ImportError:
@@ -94,13 +94,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.console import Console
 
-    from evaluate.turns import evaluate_turns, evaluate_turns_server
-    from flywheel.server import MlxServer
-    from flywheel.tinymodel import tool_call_samples
+    from core.process import MlxServer
+    from core.turns import evaluate_turns, evaluate_turns_server
+    from models.tiny import tool_call_samples
 
     console = Console()
     if args.model is None:
-        from flywheel.tinymodel import cached_model
+        from models.tiny import cached_model
 
         args.model = cached_model("tool-calling")
     model_path = Path(args.model)

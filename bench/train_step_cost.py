@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 try:
-    from flywheel.blas import ensure_fast_blas
+    from core.blas import ensure_fast_blas
 
     ensure_fast_blas()
 except ImportError:
@@ -33,8 +33,8 @@ from bench._report import write_section  # noqa: E402
 
 
 def default_model() -> str:
-    from flywheel.models import cached_model_dir
-    from flywheel.tinymodel import cached_model
+    from models.fetch import cached_model_dir
+    from models.tiny import cached_model
 
     qwen = cached_model_dir("qwen2.5-coder-0.5b")
     if qwen is not None:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     from mlx.utils import tree_flatten
     from mlx_lm.utils import load
 
-    from flywheel.tinymodel import tool_call_samples
+    from models.tiny import tool_call_samples
     from train import adapters
     from train import loss as loss_lib
     from train import preflight as pf
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
         learning_rate=1e-4,
     )
     samples = [
-        pf.Sample(path=Path("tool_call_samples"), line=i + 1, data=s)
+        pf.Sample(where=f"tool_call_samples:{i + 1}", data=s)
         for i, s in enumerate(tool_call_samples(16, 7))
     ]
     items = [pf.tokenize(tokenizer, s, True) for s in samples]

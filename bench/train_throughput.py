@@ -4,7 +4,7 @@
     uv run python bench/train_throughput.py --model PATH --iters 30 --batch-size 1 --rounds 1
 
 Both run as child processes of this script with the same environment (the BLAS that
-`flywheel.blas.child_environment` selects; on Linux the library actually mapped into each child is read from
+`core.blas.child_environment` selects; on Linux the library actually mapped into each child is read from
 /proc/PID/maps while it trains), alternating raw/ours each round so machine load hits both alike.
 
 Throughput is supervised tokens per second (the figure mlx-lm's trainer reports: tokens under the loss mask
@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 try:
-    from flywheel.blas import ensure_fast_blas
+    from core.blas import ensure_fast_blas
 
     ensure_fast_blas()
 except ImportError:
@@ -45,7 +45,7 @@ MLX_REPORT = re.compile(r"^\s*(\d+)\s+([\d.]+)\s+[▼▲]\s+([\d,]+)\s+([\d.]+)k
 
 
 def child_env() -> dict[str, str]:
-    from flywheel.server import server_environment
+    from core.process import server_environment
 
     env = server_environment()
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
@@ -194,7 +194,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     args = parser.parse_args()
 
-    from flywheel.tinymodel import tool_call_samples
+    from models.tiny import tool_call_samples
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="train-bench-") as scratch:
@@ -202,7 +202,7 @@ def main() -> None:
         if args.model:
             model = args.model
         else:
-            from flywheel.tinymodel import cached_model
+            from models.tiny import cached_model
 
             model = str(cached_model("random"))
         data = scratch / "data"

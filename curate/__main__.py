@@ -85,13 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_seq_length and not args.model:
         parser.error("--max-seq-length needs --model (token counts come from its tokenizer)")
 
-    try:  # before anything imports mlx (only --model does)
-        from flywheel.blas import ensure_fast_blas
-
-        ensure_fast_blas()
-    except ImportError:
-        pass
-
     from curate.config import load_config
     from curate.markers import load_markers_file
     from curate.pipeline import run

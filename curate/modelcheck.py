@@ -1,5 +1,5 @@
 """Stage 9 (with --model): render each sample with the model's chat template and parse the supervised turn
-back with its tool parser (`flywheel.toolcalls.round_trip`); count tokens as mlx-lm's ChatDataset does."""
+back with its tool parser (`core.toolcalls.round_trip`); count tokens as mlx-lm's ChatDataset does."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from curate.config import Config
 
 def check_samples(lines: pl.DataFrame, config: Config) -> tuple[pl.DataFrame, dict]:
     """lines (sid, line) → (sid, model_reason, model_detail) for failures, and a summary for the report."""
-    from flywheel.toolcalls import load_tokenizer, round_trip
+    from core.toolcalls import load_tokenizer, round_trip
 
     tokenizer = load_tokenizer(config.model)
     sids, reasons, details = [], [], []

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import polars as pl
 
+from core.trace import trace_files
 from curate import stages
 from curate.config import Config
 from curate.read import LOCATION_SCHEMA, RawBatch, parse_batch, parse_records, read_batches, read_lines_at
 from curate.report import Report, build_report
-from flywheel.trace import trace_files
 
 SID_SHIFT = 1 << 20  # sample id = head x * SID_SHIFT + position (conversations are far shorter than 2**20)
 

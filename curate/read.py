@@ -3,9 +3,9 @@
 Parsing is the one per-line Python step: no Polars expression parses JSON without coercing types (its
 `json_decode` turns 5 into "5" and 5.5 into 5), so it cannot tell a valid record from an invalid one.
 Each line is parsed with orjson and checked with jsonschema-rs against THE schema file
-(`flywheel/schemas/trace-record.v1.schema.json`, formats off), plus the one format the schema names
+(`core/schemas/trace-record.v1.schema.json`, formats off), plus the one format the schema names
 (`started_at`, date-time) by a regex + calendar check no looser than jsonschema's FormatChecker. A line that fails any of that goes to
-`flywheel.trace.validation_errors` (the reference validator), whose verdict and message are final, so the
+`core.trace.validation_errors` (the reference validator), whose verdict and message are final, so the
 fast path can only speed up lines the reference validator accepts (tests/test_curate_validate.py checks the
 equivalence with hypothesis).
 """
@@ -28,7 +28,7 @@ import jsonschema_rs
 import orjson
 import polars as pl
 
-from flywheel import trace
+from core import trace
 
 SORTED = orjson.OPT_SORT_KEYS
 
@@ -66,7 +66,7 @@ def fast_valid(record: Any) -> bool:
 
 def line_error(raw: bytes) -> tuple[dict | None, str | None, str | None]:
     """(record, reason, detail) for a line the fast path refused, decided exactly as
-    `flywheel.trace.read_trace_lines` + `validation_errors` decide it."""
+    `core.trace.read_trace_lines` + `validation_errors` decide it."""
     text = raw.decode("utf-8", errors="replace")
     try:
         record = json.loads(text)

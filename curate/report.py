@@ -395,7 +395,7 @@ def build_report(
         "validation": {
             **validation,
             "note": "fast path = orjson + jsonschema-rs (the schema file) + a date-time check no looser than "
-            "jsonschema's; every line it refuses is decided by flywheel.trace.validation_errors",
+            "jsonschema's; every line it refuses is decided by core.trace.validation_errors",
         },
         "stitching": {
             "trajectories": heads,

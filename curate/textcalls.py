@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from flywheel.toolcalls import LEAKED_MARKUP
+from core.toolcalls import LEAKED_MARKUP
 
 # Detection, one regex per format (Rust syntax, for Polars). Order matters: the first match names the format.
 DETECT: dict[str, str] = {

@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-try:  # before anything imports mlx: OpenBLAS on Linux CPU when present
-    from flywheel.blas import ensure_fast_blas
-
-    ensure_fast_blas()
-except ImportError:
-    pass
-
 import argparse
 import os
 import sys

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from evaluate.scoring import CODES
+from core.scoring import CODES
 
 RATE_LABELS = {
     "parsed_call_rate": "Parsed-call rate",

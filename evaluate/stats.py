@@ -82,7 +82,7 @@ def paired_comparison(
 
 # ---------------------------------------------------------------------------------------------- comparisons
 
-# Which cases each turn-level rate counts, and the per-case boolean it averages (see evaluate.turns).
+# Which cases each turn-level rate counts, and the per-case boolean it averages (see core.turns).
 RATE_CASES = {
     "parsed_call_rate": ("call", "parsed"),
     "name_accuracy": ("call", "names_match"),

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="CI-sized run: fewer iterations and cases")
     parser.add_argument(
         "--student",
-        help="student model directory (default: the shipped tiny base model, flywheel/assets/tiny-base)",
+        help="student model directory (default: the shipped tiny base model, models/assets/tiny-base)",
     )
     parser.add_argument(
         "--teacher", help="OpenAI-compatible base URL of a teacher (default: the scripted demonstrator)"
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("FLYWHEEL_TEACHER_API_KEY", "x"),
         help="API key for --teacher",
     )
-    parser.add_argument("--suite", default="demo", help="task suite: a name in evaluate/suites or a file")
+    parser.add_argument("--suite", default="demo", help="task suite: a name in agent/suites or a file")
     parser.add_argument("--run", help="run name (default: derived from the settings; a re-run reuses it)")
     parser.add_argument("--root", default=".", help="where traces/ data/ adapters/ reports/ go (default: .)")
     parser.add_argument("--seed", type=int, default=0)
@@ -58,14 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["models"]:
-        from flywheel.models import main as models_main
+        from models.fetch import main as models_main
 
         return models_main(argv[1:])
     args = build_parser().parse_args(argv)
 
-    from flywheel.blas import ensure_fast_blas
-
-    ensure_fast_blas()
     from pathlib import Path
 
     from rich.console import Console

@@ -14,21 +14,18 @@ import datetime as dt
 import hashlib
 import json
 import time
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console
 
-SCRIPTED_TEACHER = "scripted demonstrator"
 STAGE_MARKER = ".flywheel-stage.json"
 
 
 @dataclass
 class LoopConfig:
-    student: str | None = None  # model directory; None: the shipped tiny base model (flywheel.tinybase)
+    student: str | None = None  # model directory; None: the shipped tiny base model (models.tinybase)
     teacher: str | None = None  # OpenAI-compatible base URL (…/v1); None: the scripted demonstrator
     teacher_model: str | None = None  # model name at the teacher; None: its first /v1/models entry
     teacher_api_key: str = "x"
@@ -125,75 +122,13 @@ def move_aside(path: Path) -> Path | None:
     return target
 
 
-def upstream_root(base_url: str) -> str:
-    """The proxy forwards whole paths: strip a trailing /v1 from an OpenAI base URL."""
-    url = base_url.rstrip("/")
-    return url[: -len("/v1")] if url.endswith("/v1") else url
-
-
-def teacher_model_name(base_url: str, api_key: str) -> str:
-    response = httpx.get(f"{base_url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"})
-    response.raise_for_status()
-    models = response.json().get("data") or []
-    if not models:
-        raise LoopError(f"{base_url}/models lists no model: pass --teacher-model")
-    return models[0]["id"]
-
-
-def collect(config: LoopConfig, suite, traces_dir: Path, console: Console) -> dict:
-    """Run the reference agent on the suite's train tasks against the teacher, through the recording proxy."""
-    from evaluate.agent import run_episodes
-    from evaluate.teacher import Teacher
-    from flywheel.trace import read_records
-    from proxy import RecordingProxy
-
-    tasks = [task for task in suite.train for _ in range(config.episodes_per_task)]
-    with ExitStack() as stack:
-        if config.teacher is None:
-            teacher = stack.enter_context(Teacher(suite))
-            upstream, model_name, label = teacher.url, teacher.model_name, SCRIPTED_TEACHER
-        else:
-            upstream = upstream_root(config.teacher)
-            model_name = config.teacher_model or teacher_model_name(config.teacher, config.teacher_api_key)
-            teacher, label = None, f"{model_name} at {config.teacher}"
-        console.print(f"  teacher: [bold]{label}[/]")
-        proxy = stack.enter_context(RecordingProxy(upstream, traces_dir))
-        episodes = run_episodes(
-            tasks,
-            proxy.base_url,
-            model_name,
-            description="collect · train tasks",
-            max_steps=config.agent_max_steps + 2,
-            api_key=config.teacher_api_key,
-        )
-    summary = proxy.summary or {}
-    records = list(read_records([traces_dir]))
-    agent_requests = sum(e.steps for e in episodes)
-    collection = {
-        "teacher": label,
-        "teacher_model": model_name,
-        "episodes": len(episodes),
-        "solved": sum(e.success for e in episodes),
-        "agent_requests": agent_requests,
-        "teacher_requests": getattr(teacher, "requests", None),
-        "recorded": len(records),
-        "proxy_summary": summary,
-        "trace_files": sorted(str(p) for p in traces_dir.glob("*.jsonl")),
-    }
-    if len(records) != agent_requests or collection["teacher_requests"] not in (None, agent_requests):
-        raise LoopError(
-            f"proxy recorded {len(records)} exchanges; the agent made {agent_requests} requests"
-            f" and the teacher answered {collection['teacher_requests']}"
-        )
-    return collection
-
-
 def run_loop(config: LoopConfig, console: Console | None = None) -> LoopResult:
     import curate
     import evaluate
     import train
-    from evaluate.tasks import load_suite
-    from flywheel.tinybase import cached_base
+    from agent.tasks import load_suite
+    from flywheel.collect import collect
+    from models.tinybase import cached_base
 
     console = console or Console(stderr=True)
     config = config.effective()

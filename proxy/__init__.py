@@ -5,6 +5,7 @@ Library: `RecordingProxy(upstream, traces_dir)` runs that CLI as a child process
 `proxy.server.serve(...)` runs it in-process; `proxy.addon.Recorder` is the mitmproxy addon.
 """
 
+import core  # noqa: F401  (binds the fast BLAS before anything imports mlx)
 from proxy.process import RecordingProxy
 
 __all__ = ["RecordingProxy"]

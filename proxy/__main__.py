@@ -19,7 +19,7 @@ example:
   # point the agent at http://127.0.0.1:8081/v1 instead of :8080/v1
 
 Every POST /v1/chat/completions becomes one line of traces/<start time>Z-<pid>.jsonl (schema:
-flywheel/schemas/trace-record.v1.schema.json), streamed or not; other paths are forwarded unrecorded.
+core/schemas/trace-record.v1.schema.json), streamed or not; other paths are forwarded unrecorded.
 Secrets in messages are replaced by [REDACTED:<kind>]; request headers are not stored, except
 X-Flywheel-Session (the session id). Ctrl-C prints a one-line summary.
 """
@@ -68,7 +68,6 @@ def summary_line(stats: dict, trace_file: Path, seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # No ensure_fast_blas() here: the proxy never imports mlx.
     args = build_parser().parse_args(argv)
     try:
         upstream = parse_upstream(args.upstream)

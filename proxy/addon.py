@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mitmproxy import http
 
-from flywheel.trace import SESSION_HEADER
+from core.trace import SESSION_HEADER
 from proxy.capture import CLIENT_DISCONNECTED, PROXY_STOPPED, UPSTREAM_ERROR, UPSTREAM_UNREACHABLE, Exchange
 from proxy.recorder import RecordWriter
 

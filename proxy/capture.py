@@ -16,8 +16,8 @@ from typing import Any
 
 import jsonschema_rs
 
-from flywheel.toolcalls import LEAKED_MARKUP
-from flywheel.trace import new_record, schema, validation_errors
+from core.toolcalls import LEAKED_MARKUP
+from core.trace import new_record, schema, validation_errors
 from proxy.redact import redact_text, redact_tree
 from proxy.stream import completion_from_sse, loads, normalize_completion
 
@@ -69,7 +69,7 @@ def _fast_validator():
 
 
 def schema_errors(record: dict[str, Any]) -> list[str]:
-    """`flywheel.trace.validation_errors`, with jsonschema-rs first: ~100x faster on the valid records
+    """`core.trace.validation_errors`, with jsonschema-rs first: ~100x faster on the valid records
     that are nearly all of them. Formats are off there; the one format (started_at) is written by
     `rfc3339` below. Anything it refuses goes to the reference validator, whose verdict is final."""
     try:

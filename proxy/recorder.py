@@ -138,7 +138,7 @@ def _next(queue, parent: int):
 def record_process(queue, results, path: str, fsync: bool, parent: int) -> None:
     """Child process main: records until it gets None, then sends its counts."""
     logging.basicConfig(level=logging.WARNING, format="proxy: %(levelname)s: %(message)s")
-    from flywheel.trace import TraceWriter
+    from core.trace import TraceWriter
     from proxy.capture import checked_record, fallback_record
 
     target = Path(path)
@@ -182,7 +182,7 @@ def record_process(queue, results, path: str, fsync: bool, parent: int) -> None:
 def _reopen(writer):
     """After a failed write: drop the file object, whose buffer still holds the line that failed (it would
     grow with every record while the disk is full, and land later, out of order)."""
-    from flywheel.trace import TraceWriter
+    from core.trace import TraceWriter
 
     with contextlib.suppress(OSError):
         writer.close()

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from flywheel.trace import run_file_name
+from core.trace import run_file_name
 
 log = logging.getLogger("proxy")
 

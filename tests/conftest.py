@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import os
 
-try:  # before anything imports mlx: use OpenBLAS on Linux CPU when present
-    from flywheel.blas import ensure_fast_blas
-
-    ensure_fast_blas()
-except ImportError:
-    pass
-
 import pytest
+
+import core  # noqa: F401  (binds the fast BLAS before anything imports mlx)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Child processes (mlx_lm server, proxy, CLIs) would otherwise recompile every import each time (~4 s each).
@@ -22,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_model():
     """Directory of the random-weight tiny Qwen2-style model (no tool skill)."""
-    from flywheel.tinymodel import cached_model
+    from models.tiny import cached_model
 
     return cached_model("random")
 
@@ -30,7 +25,7 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tool_model():
     """Directory of the tiny model trained to emit <tool_call> blocks for the agent tools."""
-    from flywheel.tinymodel import cached_model
+    from models.tiny import cached_model
 
     return cached_model("tool-calling")
 
@@ -38,7 +33,7 @@ def tool_model():
 @pytest.fixture(scope="session")
 def tool_server(tool_model):
     """A real `mlx_lm server` serving the tool-calling tiny model, for the whole session."""
-    from flywheel.server import MlxServer
+    from core.process import MlxServer
 
     with MlxServer(tool_model) as server:
         yield server

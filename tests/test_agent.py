@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from evaluate.agent import Episode, run_episode, run_episodes
-from evaluate.tasks import SuiteError, Task, load_suite, run_checks
-from evaluate.teacher import Teacher
-from flywheel.tinymodel import AGENT_TOOLS
-from flywheel.trace import SESSION_HEADER
+from agent.episodes import Episode, run_episode, run_episodes
+from agent.tasks import SuiteError, Task, load_suite, run_checks
+from agent.teacher import Teacher
+from agent.tools import AGENT_TOOLS
+from core.trace import SESSION_HEADER
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_recording_proxy_sees_every_agent_request(suite, tmp_path):
     proxy = importlib.import_module("proxy")
     if not hasattr(proxy, "RecordingProxy"):
         pytest.skip("proxy.RecordingProxy not written yet")
-    from flywheel.trace import read_records
+    from core.trace import read_records
 
     tasks = [first(suite, t) for t in ("read_value", "find_definition", "say_word")]
     streamed = first(suite, "copy_value")

@@ -1,4 +1,4 @@
-"""flywheel.blas: OpenBLAS really speeds up mlx matmuls on Linux, children get it too, opt-out and macOS untouched."""
+"""core.blas: OpenBLAS really speeds up mlx matmuls on Linux, children get it too, opt-out and macOS untouched."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flywheel import blas
+from core import blas
 
 needs_openblas = pytest.mark.skipif(
     not blas.is_linux() or blas.find_openblas() is None,
@@ -20,7 +20,7 @@ needs_openblas = pytest.mark.skipif(
 
 MEASURE = (
     "import json, sys\n"
-    "from flywheel import blas\n"
+    "from core import blas\n"
     "if 'ensure' in sys.argv: blas.ensure_fast_blas()\n"
     "print(json.dumps({'gflops': blas.matmul_gflops(384, seconds=0.2), 'blas': blas.blas_status()['blas']}))\n"
 )
@@ -69,7 +69,7 @@ def test_child_environment_speeds_up_a_child_that_never_calls_ensure(reference):
 
 @needs_openblas
 def test_warns_when_mlx_was_imported_first():
-    code = "import mlx.core\nfrom flywheel import blas\nprint(blas.ensure_fast_blas(), blas.blas_status()['blas'])"
+    code = "import mlx.core\nfrom core import blas\nprint(blas.ensure_fast_blas(), blas.blas_status()['blas'])"
     result = run_python(code, clean_env())
     assert result.stdout.split() == ["None", "reference"]
     assert "called after mlx was imported" in result.stderr
@@ -83,7 +83,7 @@ def test_bundled_fortran_runtime_stands_in_for_a_missing_libgfortran(tmp_path):
     code = (
         "import ctypes, json\n"
         "import numpy as np\n"
-        "from flywheel import blas\n"
+        "from core import blas\n"
         "for lib in [*blas.bundled_fortran_runtime(), blas.find_openblas()]:\n"
         "    ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)\n"
         "import mlx.core as mx\n"
@@ -124,11 +124,11 @@ def test_macos_is_never_touched(monkeypatch):
 
 
 MISSING = (
-    "from flywheel import blas\n"
+    "from core import blas\n"
     "blas.find_openblas = lambda: None\n"
     "print(blas.ensure_fast_blas(), blas.ensure_fast_blas())\n"
     "import os, subprocess, sys\n"
-    "child = 'from flywheel import blas; blas.find_openblas = lambda: None; blas.ensure_fast_blas()'\n"
+    "child = 'from core import blas; blas.find_openblas = lambda: None; blas.ensure_fast_blas()'\n"
     "subprocess.run([sys.executable, '-c', child], env=blas.child_environment(dict(os.environ)), check=True)\n"
 )
 
@@ -168,11 +168,19 @@ def test_set_soname_rewrites_and_refuses_longer_names(tmp_path):
 
 @needs_openblas
 def test_mlx_server_child_runs_on_openblas(tmp_path):
-    """flywheel.server starts `mlx_lm server` with child_environment: the real server process maps OpenBLAS."""
-    from flywheel.server import MlxServer
-    from flywheel.tinymodel import build_tiny_model
+    """core.process starts `mlx_lm server` with child_environment: the real server process maps OpenBLAS."""
+    from core.process import MlxServer
+    from models.tiny import build_tiny_model
 
     model = build_tiny_model(tmp_path / "tiny", seed=0)
     with MlxServer(model) as server:
         maps = Path(f"/proc/{server.process.pid}/maps").read_text()
     assert "openblas" in maps
+
+
+@needs_openblas
+@pytest.mark.parametrize("package", ["proxy", "curate", "train", "evaluate", "flywheel", "agent", "models"])
+def test_every_package_binds_the_fast_blas_before_mlx_loads(package):
+    """No entry point calls ensure_fast_blas(): importing any of our packages arranges it for the first mlx import."""
+    code = f"import {package}\nimport mlx.core\nfrom core import blas\nprint(blas.blas_status()['blas'])"
+    assert run_python(code, clean_env()).stdout.split()[-1] == "openblas"

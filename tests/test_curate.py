@@ -1,4 +1,4 @@
-"""curate, stage by stage, on crafted trace files (records built with flywheel.trace.new_record).
+"""curate, stage by stage, on crafted trace files (records built with core.trace.new_record).
 
 Every test runs the real pipeline (`curate.run`) on real files and checks the written outputs, the report
 and rejects.jsonl; `accounted` asserts the accounting identities on every run.
@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 import curate
+from agent.tools import AGENT_TOOLS
+from core.trace import new_record
 from curate import Config
 from curate.markers import DEFAULT_MARKERS
 from curate.textcalls import detect_format, parse_text_calls
-from flywheel.tinymodel import AGENT_TOOLS
-from flywheel.trace import new_record
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM = {"role": "system", "content": "You are a coding agent."}

@@ -1,7 +1,7 @@
 """curate on real traffic and real templates.
 
 - Traces recorded by the real proxy (`python -m proxy` as a child process) from real pydantic-ai agent
-  sessions (evaluate.agent): against the scripted demonstrator (evaluate.teacher, a real HTTP server with
+  sessions (agent.episodes): against the scripted demonstrator (agent.teacher, a real HTTP server with
   solve / flaky / lost-call policies and streaming) and against a real `mlx_lm server` serving the tiny
   tool-calling model.
 - Curated samples rendered through the tiny model's chat template and tokenized by mlx-lm's own
@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 
 import curate
+from agent.tools import AGENT_TOOLS
+from core.trace import new_record, read_records
 from curate import Config
-from flywheel.tinymodel import AGENT_TOOLS
-from flywheel.trace import new_record, read_records
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -81,7 +81,7 @@ def crafted_traces(directory: Path) -> Path:
 def test_samples_render_through_the_tiny_template_and_mlx_chat_dataset(tiny_model, tmp_path):
     from mlx_lm.tuner.datasets import ChatDataset
 
-    from flywheel.toolcalls import load_tokenizer, round_trip
+    from core.toolcalls import load_tokenizer, round_trip
 
     report = curate.run([crafted_traces(tmp_path / "traces")], tmp_path / "out", Config(progress=False))
     accounted(report)
@@ -160,9 +160,9 @@ def test_pydantic_ai_sessions_through_the_real_proxy(tmp_path):
     """Real pydantic-ai agent episodes, recorded by the real proxy: the trajectories stitch despite the
     agent re-sending history (ids, null contents, argument strings), retry prompts mark bad calls, a lost
     call is rejected, a streamed session stitches too, and everything renders through the tiny template."""
-    from evaluate.agent import run_episode, run_episodes
-    from evaluate.tasks import load_suite
-    from evaluate.teacher import Teacher
+    from agent.episodes import run_episode, run_episodes
+    from agent.tasks import load_suite
+    from agent.teacher import Teacher
     from proxy import RecordingProxy
 
     suite = load_suite("default")
@@ -234,9 +234,9 @@ def test_tiny_model_agent_session_through_the_real_proxy(tool_server, tool_model
     """A real pydantic-ai agent driving the real mlx_lm server (tiny tool-calling model) through the real
     proxy: whatever the tiny model does, every line is accounted for and every kept sample round-trips
     through the model's own template and parser."""
-    from evaluate.agent import run_episodes
-    from evaluate.tasks import load_suite
-    from flywheel.toolcalls import load_tokenizer, round_trip
+    from agent.episodes import run_episodes
+    from agent.tasks import load_suite
+    from core.toolcalls import load_tokenizer, round_trip
     from proxy import RecordingProxy
 
     suite = load_suite("default")

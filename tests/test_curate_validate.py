@@ -1,7 +1,7 @@
 """Stage 1's fast path against the reference validator, and junk input against the whole pipeline (hypothesis).
 
 The fast path (orjson + jsonschema-rs + a vectorised date-time check) may only ever accept a record that
-`flywheel.trace.validation_errors` accepts; everything it refuses is decided by the reference validator. So
+`core.trace.validation_errors` accepts; everything it refuses is decided by the reference validator. So
 curate's verdict on every line must equal the reference verdict exactly.
 """
 
@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import curate
+from agent.tools import AGENT_TOOLS
+from core.trace import new_record, validation_errors
 from curate import Config
 from curate.read import RawBatch, date_time_ok, fast_valid, formats_in_schema, parse_batch
-from flywheel.tinymodel import AGENT_TOOLS
-from flywheel.trace import new_record, validation_errors
 
 MESSAGES = [
     {"role": "system", "content": "You are a coding agent."},

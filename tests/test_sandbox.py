@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluate.sandbox import ToolError, Workspace, network_isolation
+from agent.sandbox import ToolError, Workspace, network_isolation
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from evaluate.scoring import CODES, Verdict, normalize_text, score_turn, turn_checks
-from evaluate.turns import SERVER_DROPPED, turn_from_message
-from flywheel.tinymodel import AGENT_TOOLS
-from flywheel.toolcalls import load_tokenizer, parse_completion
+from agent.tools import AGENT_TOOLS
+from core.scoring import CODES, Verdict, normalize_text, score_turn, turn_checks
+from core.toolcalls import load_tokenizer, parse_completion
+from core.turns import SERVER_DROPPED, turn_from_message
 
 TIMER_TOOL = {
     "type": "function",

@@ -10,10 +10,10 @@ import time
 import httpx
 import pytest
 
-from evaluate.agent import run_episodes, summarize
-from evaluate.tasks import load_suite
-from evaluate.teacher import MODEL_NAME, Answer, Call, Step, Teacher, next_action
-from flywheel.tinymodel import AGENT_TOOLS
+from agent.episodes import run_episodes, summarize
+from agent.tasks import load_suite
+from agent.teacher import MODEL_NAME, Answer, Call, Step, Teacher, next_action
+from agent.tools import AGENT_TOOLS
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_answer_only_policy_fails_the_checkers(suite):
 
 def test_cli_help():
     result = subprocess.run(
-        [sys.executable, "-m", "evaluate.teacher", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "agent.teacher", "--help"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0
     assert "scripted demonstrator" in result.stdout and "example:" in result.stdout

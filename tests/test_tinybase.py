@@ -1,4 +1,4 @@
-"""The demo's student base: the shipped tiny model pre-trained on the copy corpus (flywheel/tinybase.py)."""
+"""The demo's student base: the shipped tiny model pre-trained on the copy corpus (models/tinybase.py)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from flywheel import tinybase
-from flywheel.tinymodel import AGENT_TOOLS
+from agent.tools import AGENT_TOOLS
+from models import tinybase
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_copy_corpus_has_nothing_about_tools_or_the_suites():
     """The base must not be pre-trained on the task: no tool names, tool-call markup or suite pool entries."""
-    from evaluate.tasks import load_suite
+    from agent.tasks import load_suite
 
     rng = random.Random(0)
     text = "\n".join(tinybase.text_document(rng) for _ in range(3000))
@@ -29,7 +29,7 @@ def test_copy_corpus_has_nothing_about_tools_or_the_suites():
         *(tool["function"]["name"] for tool in AGENT_TOOLS),
     ]:
         assert marker not in text
-    suite_file = json.loads((ROOT / "evaluate" / "suites" / "demo.json").read_text())
+    suite_file = json.loads((ROOT / "agent" / "suites" / "demo.json").read_text())
     held_out_names = {
         name for pool in suite_file["pools"].values() for name in pool.get("held_out", []) if "." in name
     }
@@ -40,7 +40,7 @@ def test_copy_corpus_has_nothing_about_tools_or_the_suites():
 def test_a_short_build_writes_a_model_mlx_lm_loads(tmp_path):
     out = tmp_path / "base"
     result = subprocess.run(
-        [sys.executable, "-m", "flywheel.tinybase", str(out), "--steps", "3"],
+        [sys.executable, "-m", "models.tinybase", str(out), "--steps", "3"],
         capture_output=True,
         text=True,
         timeout=240,
@@ -73,7 +73,7 @@ def test_the_shipped_base_can_copy_spans_it_has_never_seen(shipped_base):
 
 def test_the_shipped_base_makes_no_tool_calls(shipped_base):
     """Before fine-tuning it has never seen the chat template or a tool call: the demo's baseline is honest."""
-    from flywheel.tinymodel import check_tool_calls, tool_call_samples
+    from models.tiny import check_tool_calls, tool_call_samples
 
     counts = check_tool_calls(shipped_base, tool_call_samples(10, seed=777), max_tokens=48)
     assert counts["calls"] == 10 and counts["parsed"] == 0

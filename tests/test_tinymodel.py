@@ -15,8 +15,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from flywheel.server import MlxServer
-from flywheel.tinymodel import (
+from core.process import MlxServer
+from models.tiny import (
     AGENT_TOOLS,
     CHAT_TEMPLATE,
     EOS_TOKEN,
@@ -315,7 +315,7 @@ def test_build_is_deterministic_per_seed(tmp_path):
 
 def test_cached_model_builds_once_and_survives_a_race(tmp_path):
     script = (
-        "import sys; from flywheel.tinymodel import cached_model; print(cached_model('random', sys.argv[1]))"
+        "import sys; from models.tiny import cached_model; print(cached_model('random', sys.argv[1]))"
     )
     racers = [
         subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
@@ -338,7 +338,7 @@ def test_cached_model_rejects_an_unknown_kind(tmp_path):
 
 def test_cli_help_explains_with_an_example():
     result = subprocess.run(
-        [sys.executable, "-m", "flywheel.tinymodel", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "models.tiny", "--help"], capture_output=True, text=True, check=True
     )
     assert "--kind" in result.stdout and "example:" in result.stdout
 

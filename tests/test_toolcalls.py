@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from flywheel.toolcalls import (
+from core.toolcalls import (
     ToolCall,
     completion_text,
     load_tokenizer,

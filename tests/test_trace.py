@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from flywheel.trace import (
+from core.trace import (
     SCHEMA_VERSION,
     TraceWriter,
     new_record,

@@ -29,7 +29,7 @@ def model_dir(tiny_model) -> Path:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from flywheel.tinymodel import tool_call_samples
+    from models.tiny import tool_call_samples
 
     data = tmp_path_factory.mktemp("data")
     write_jsonl(data / "train.jsonl", tool_call_samples(48, 1))
@@ -40,7 +40,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def child_env() -> dict[str, str]:
-    from flywheel.server import server_environment
+    from core.process import server_environment
 
     env = server_environment()
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
@@ -134,7 +134,7 @@ def test_length_report_counts_truncation():
     from train.preflight import Sample, Tokenized, length_report
 
     def item(n, offset, line):
-        return Tokenized(Sample(Path("d/train.jsonl"), line, {}), list(range(n)), offset)
+        return Tokenized(Sample(f"d/train.jsonl:{line}", {}), list(range(n)), offset)
 
     report = length_report([item(20, 10, 1), item(70, 30, 2), item(90, 80, 3)], 64, "d/train.jsonl")
     assert report.over_max_seq_length == 2 and report.truncated_supervision == 1
@@ -172,7 +172,7 @@ def test_batches_are_a_function_of_seed_and_iteration():
 
 
 def test_preflight_names_file_and_line(tmp_path, model_dir):
-    from flywheel.tinymodel import tool_call_samples
+    from models.tiny import tool_call_samples
     from train.loop import run
     from train.preflight import PreflightError
 
@@ -278,8 +278,8 @@ def test_adapter_and_fused_model_serve_changed_output(lora_run, model_dir):
     import openai
     from mlx_lm import generate, load
 
-    from flywheel.server import MlxServer
-    from flywheel.tinymodel import AGENT_TOOLS
+    from agent.tools import AGENT_TOOLS
+    from core.process import MlxServer
 
     base, tokenizer = load(str(model_dir))
     tuned, _ = load(str(model_dir), adapter_path=str(lora_run))
@@ -430,7 +430,7 @@ def test_select_by_tool_success_with_patience(tmp_path, model_dir, data_dir):
 def test_two_process_ring_training_averages_gradients(tmp_path, model_dir, data_dir):
     """mlx.launch starts 2 local ranks (ring backend over 127.0.0.1); mlx-lm's trainer all-sums gradients, so
     ranks that saw different halves of every batch end with identical weights (checked across ranks)."""
-    from flywheel.netutil import free_port
+    from core.net import free_port
 
     launcher = Path(sys.executable).parent / "mlx.launch"
     cmd = [str(launcher), "-n", "2", "--backend", "ring", "--starting-port", str(free_port())]

@@ -21,11 +21,11 @@ from train.loop import TokenizedDataset, collate
 def tokenized(tiny_model):
     from mlx_lm.utils import load
 
-    from flywheel.tinymodel import tool_call_samples
+    from models.tiny import tool_call_samples
 
     _, tokenizer = load(str(tiny_model))
     samples = [
-        pf.Sample(path=Path("samples.jsonl"), line=i + 1, data=s)
+        pf.Sample(where=f"samples.jsonl:{i + 1}", data=s)
         for i, s in enumerate(tool_call_samples(6, 5))
     ]
     return [pf.tokenize(tokenizer, s, True) for s in samples]
@@ -145,7 +145,7 @@ def test_train_run_records_the_loss_it_used(tmp_path, tiny_model, tokenized):
     import json
 
     import train
-    from flywheel.tinymodel import tool_call_samples
+    from models.tiny import tool_call_samples
 
     data = tmp_path / "data"
     data.mkdir()

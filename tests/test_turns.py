@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from evaluate.scoring import CODES
-from evaluate.turns import (
+from core.scoring import CODES
+from core.toolcalls import render
+from core.turns import (
     RATE_NAMES,
     SERVER_DROPPED,
     evaluate_turns,
@@ -16,8 +17,7 @@ from evaluate.turns import (
     request_messages,
     split_sample,
 )
-from flywheel.tinymodel import tool_call_samples
-from flywheel.toolcalls import render
+from models.tiny import tool_call_samples
 
 HELD_OUT_SEED = 4242  # the tiny tool model is trained on seed 0
 
@@ -42,11 +42,11 @@ def test_load_samples_names_the_bad_line(tmp_path):
     good = tool_call_samples(1, 1)[0]
     data = tmp_path / "test.jsonl"
     data.write_text(json.dumps(good) + "\n\n{not json\n")
-    with pytest.raises(ValueError, match=r"test\.jsonl:3: not valid JSON"):
+    with pytest.raises(ValueError, match=r"test\.jsonl:3: invalid JSON"):
         load_samples(data)
     bad = {"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "again"}]}
     write_jsonl(data, [good, bad])
-    with pytest.raises(ValueError, match=r"test\.jsonl:2: last message has role 'user'"):
+    with pytest.raises(ValueError, match=r"test\.jsonl:2: the last message has role 'user'"):
         load_samples(data)
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         load_samples(tmp_path / "missing.jsonl")
@@ -64,7 +64,7 @@ def test_split_sample_prompt_and_reference():
 
 def test_request_messages_render_like_the_sample(tiny_model):
     # what the server path sends (string arguments, as OpenAI clients do) templates exactly like the dict form
-    from flywheel.toolcalls import load_tokenizer
+    from core.toolcalls import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model)
     sample = next(

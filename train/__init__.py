@@ -3,13 +3,15 @@
     from train import TrainConfig, run
     adapter_dir = run(TrainConfig(model="path/to/model", data="data", adapter="adapters/tools"))
 
-Importing this package does not import MLX (the CLI sets up the BLAS library first).
+Importing this package does not import MLX.
 """
+
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import core  # noqa: F401  (binds the fast BLAS before anything imports mlx)
 from train.config import ConfigError, TrainConfig, resolve
 from train.preflight import PreflightError
 

@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-try:  # before anything imports mlx: the fast BLAS on Linux CPU
-    from flywheel.blas import ensure_fast_blas
-except ImportError:
-    ensure_fast_blas = None
-if ensure_fast_blas is not None:
-    ensure_fast_blas()
-
 import argparse
 import os
 import sys

@@ -266,7 +266,7 @@ class Run:
         """Exact tool-call accuracy on the valid split (evaluate's scorer), computed on rank 0 and shared."""
         value = 0.0
         if self.rank == 0:
-            from evaluate.turns import evaluate_turns
+            from core.turns import evaluate_turns
 
             self.model.eval()
             try:

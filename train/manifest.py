@@ -93,7 +93,7 @@ def versions() -> dict[str, str]:
 
 def blas() -> Any:
     try:
-        from flywheel.blas import blas_status
+        from core.blas import blas_status
     except ImportError:
         return None
     try:

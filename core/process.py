@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flywheel.netutil import free_port, wait_until_healthy
+from core.net import free_port, wait_until_healthy
 
 
 @dataclass
@@ -91,7 +91,7 @@ def server_environment() -> dict[str, str]:
     """The environment for a child MLX process: offline hub, and the fast BLAS on Linux when present."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     try:
-        from flywheel.blas import child_environment
+        from core.blas import child_environment
     except ImportError:
         return env
     return child_environment(env)

@@ -8,7 +8,7 @@ tool results it was sent (so it only succeeds when the tools really ran); names 
     with Teacher(load_suite("default")) as teacher:
         run_episode(task, teacher.base_url, teacher.model_name)
 
-    python -m evaluate.teacher --suite default --port 8090      # serve until Ctrl-C
+    python -m agent.teacher --suite default --port 8090      # serve until Ctrl-C
 
 Endpoints on 127.0.0.1: POST /v1/chat/completions (non-stream, and stream as SSE with tool-call arguments
 sent in fragments the way OpenAI does), GET /v1/models, GET /health. Tool-call arguments are JSON strings.
@@ -36,8 +36,8 @@ import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from evaluate.tasks import Suite, Task, load_suite
-from flywheel.netutil import free_port
+from agent.tasks import Suite, Task, load_suite
+from core.net import free_port
 
 MODEL_NAME = "flywheel-scripted-demonstrator"
 POLICIES = ("solve", "answer-only", "loop", "flaky", "escape", "lost-call")
@@ -502,10 +502,10 @@ class Teacher:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m evaluate.teacher",
+        prog="python -m agent.teacher",
         description="Serve the scripted demonstrator (a deterministic policy that solves the task suite) as an "
         "OpenAI-compatible /v1/chat/completions endpoint on 127.0.0.1.",
-        epilog="example: python -m evaluate.teacher --suite default --port 8090  "
+        epilog="example: python -m agent.teacher --suite default --port 8090  "
         "(then point an agent at http://127.0.0.1:8090/v1, model flywheel-scripted-demonstrator)",
     )
     parser.add_argument(

@@ -1,7 +1,7 @@
 """Convert a llama.cpp GGUF (qwen2 or llama architecture, byte-level BPE vocabulary) to an mlx-lm directory.
 
     convert_gguf("model.gguf", "out/")           # f32 safetensors, config.json, tokenizer files
-    python -m flywheel.models convert model.gguf out/ --dtype bfloat16
+    python -m models convert model.gguf out/ --dtype bfloat16
 
 No torch: tensors are dequantized with the `gguf` package (any type it knows: Q4_K, Q5_0, Q6_K, Q8_0, F16...),
 renamed to mlx-lm's names and checked against mlx-lm's model class before saving with mlx-lm's own `save_model`.

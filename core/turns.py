@@ -8,10 +8,10 @@ reference is the last (assistant) message.
     results.rates["exact_call_accuracy"], results.cases[0].verdict
 
 In-process generation follows `mlx_lm server` step by step: the prompt from the model's chat template after the
-server's message preprocessing (`flywheel.toolcalls.prompt_tokens`), mlx-lm's `BatchGenerator` (the engine the
+server's message preprocessing (`core.toolcalls.prompt_tokens`), mlx-lm's `BatchGenerator` (the engine the
 server batches with) stopping on the tokenizer's EOS ids, each sequence decoded with the tokenizer's streaming
 detokenizer, and the text split and parsed by the server's state machine and the model's tool parser
-(`flywheel.toolcalls.parse_completion`). A call block the parser rejects counts as `unparseable` in both paths:
+(`core.toolcalls.parse_completion`). A call block the parser rejects counts as `unparseable` in both paths:
 the server drops it and answers finish_reason "tool_calls" with no `tool_calls`. One difference remains: a
 call cut off by max_tokens is `unparseable` in-process, while the server drops it and answers finish_reason
 "length" with no sign of it, so the server path scores `no_call`; both details end "[answer cut at
@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluate.scoring import CODES, Normalizer, TurnChecks, Verdict, score_turn, turn_checks
-from flywheel.toolcalls import ParsedTurn, ToolCall, decode_arguments, message_tool_calls, parse_completion
+from core.samples import check_sample, read_samples
+from core.scoring import CODES, Normalizer, TurnChecks, Verdict, score_turn, turn_checks
+from core.toolcalls import ParsedTurn, ToolCall, decode_arguments, message_tool_calls, parse_completion
 
 RATE_NAMES = (
     "parsed_call_rate",
@@ -145,23 +146,7 @@ def _call_dict(call: ToolCall) -> dict[str, Any]:
 
 def load_samples(path: str | Path) -> list[dict]:
     """Samples of an mlx-lm chat JSONL file, each with an extra "where": "path:line"; clear error on bad lines."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such data file (curate writes data/test.jsonl)")
-    samples = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{line_no}"
-        try:
-            sample = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
-        if not isinstance(sample, dict):
-            raise ValueError(f"{where}: expected a JSON object with 'messages', got {type(sample).__name__}")
-        sample = {**sample, "where": where}
-        split_sample(sample)  # validate now, so a bad line fails before any model is loaded
-        samples.append(sample)
+    samples = [{**sample.data, "where": sample.where} for sample in read_samples(path)]
     if not samples:
         raise ValueError(f"{path}: no samples")
     return samples
@@ -169,26 +154,8 @@ def load_samples(path: str | Path) -> list[dict]:
 
 def split_sample(sample: dict, where: str | None = None) -> tuple[list[dict], list[dict], dict]:
     """(prompt messages, tools, reference assistant message) of a sample; ValueError naming the sample."""
-    where = where or sample.get("where", "sample")
-    messages = sample.get("messages")
-    if not isinstance(messages, list) or len(messages) < 2:
-        raise ValueError(f"{where}: 'messages' must be a list of at least a prompt and the assistant turn")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise ValueError(f"{where}: messages[{i}] must be an object with a 'role'")
-    reference = messages[-1]
-    if reference["role"] != "assistant":
-        raise ValueError(
-            f"{where}: last message has role {reference['role']!r}; expected the assistant turn to score"
-        )
-    for i, call in enumerate(reference.get("tool_calls") or []):
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise ValueError(f"{where}: messages[-1].tool_calls[{i}].function.name missing")
-    tools = sample.get("tools") or []
-    if not isinstance(tools, list):
-        raise ValueError(f"{where}: 'tools' must be a list of tool definitions")
-    return messages[:-1], tools, reference
+    checked = check_sample(sample, where or sample.get("where", "sample"))
+    return checked.prompt, checked.tools, checked.reference
 
 
 def compute_rates(cases: list[TurnCase]) -> dict[str, float | None]:
@@ -309,7 +276,7 @@ def evaluate_turns(
     progress: Progress | None = None,
 ) -> TurnResults:
     """Generate each sample's final assistant turn in-process (batched; greedy at temperature 0) and score it."""
-    from flywheel.toolcalls import prompt_tokens
+    from core.toolcalls import prompt_tokens
 
     sampler = None
     if temperature > 0:

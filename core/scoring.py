@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flywheel.toolcalls import ParsedTurn, ToolCall, message_tool_calls
+from core.toolcalls import ParsedTurn, ToolCall, message_tool_calls
 
 CODES = (
     "ok",
@@ -234,7 +234,7 @@ def score_turn(
 
 @dataclass(frozen=True)
 class TurnChecks:
-    """The per-case facts behind the headline rates (see `evaluate.turns.compute_rates`)."""
+    """The per-case facts behind the headline rates (see `core.turns.compute_rates`)."""
 
     expects_call: bool
     parsed: bool  # at least one structured call, no rejected call block

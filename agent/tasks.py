@@ -239,7 +239,7 @@ def available_suites() -> list[str]:
 
 
 def load_suite(name_or_path: str | Path = "default") -> Suite:
-    """A suite by name (a file in evaluate/suites/) or by path to a JSON suite file."""
+    """A suite by name (a file in agent/suites/) or by path to a JSON suite file."""
     path = Path(name_or_path)
     if not path.exists():
         path = SUITES_DIR / f"{name_or_path}.json"

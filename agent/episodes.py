@@ -5,7 +5,7 @@
     episodes = run_episodes(suite.held_out, base_url, model_name)      # many, with a progress bar
 
 Tools are read_file(path), write_file(path, content), list_files(path) and run_command(command, args, cwd?),
-advertised with exactly the JSON schemas of `flywheel.tinymodel.AGENT_TOOLS`. A sandbox refusal or a failing
+advertised with exactly the JSON schemas of `models.tiny.AGENT_TOOLS`. A sandbox refusal or a failing
 command is an ordinary tool result ("Error: ..." / {"exit_code": 1, ...}); arguments that fail validation (or an
 unknown tool name) make pydantic-ai send a retry prompt, counted as an invalid call; an empty response (what
 mlx_lm.server returns when the model wrote malformed tool JSON) makes pydantic-ai resend the request, counted
@@ -32,11 +32,11 @@ from pydantic_ai.providers.openai import OpenAIProvider
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import UsageLimits
 
-from evaluate.sandbox import ToolError, Workspace
-from evaluate.tasks import Task, run_checks
-from flywheel.tinymodel import AGENT_TOOLS, SYSTEM_PROMPT
-from flywheel.toolcalls import decode_arguments
-from flywheel.trace import SESSION_HEADER
+from agent.sandbox import ToolError, Workspace
+from agent.tasks import Task, run_checks
+from agent.tools import AGENT_TOOLS, SYSTEM_PROMPT
+from core.toolcalls import decode_arguments
+from core.trace import SESSION_HEADER
 
 DEFAULT_MAX_STEPS = 8
 DEFAULT_TIMEOUT = 120.0

@@ -6,7 +6,7 @@ imported puts its `cblas_sgemm` (and its LAPACK) first in the process's global s
 to it when Python loads it. Python loads extensions with RTLD_NOW, so once mlx is imported it is too late.
 Processes that are not ours (`python -m mlx_lm server`) get the same library through LD_PRELOAD.
 
-    from flywheel.blas import ensure_fast_blas
+    from core.blas import ensure_fast_blas
     ensure_fast_blas()          # first, before anything imports mlx
     import mlx.core as mx
 
@@ -200,7 +200,7 @@ def ensure_fast_blas() -> str | None:
         if mlx_first and via != "LD_PRELOAD":
             _state["mlx_imported_first"] = True
             warnings.warn(
-                "flywheel.blas: OpenBLAS was loaded after mlx; mlx may still use the reference BLAS",
+                "core.blas: OpenBLAS was loaded after mlx; mlx may still use the reference BLAS",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -209,7 +209,7 @@ def ensure_fast_blas() -> str | None:
     if mlx_first:
         _state["mlx_imported_first"] = True
         warnings.warn(
-            "flywheel.blas.ensure_fast_blas() was called after mlx was imported: mlx keeps the slow reference "
+            "core.blas.ensure_fast_blas() was called after mlx was imported: mlx keeps the slow reference "
             "BLAS. Call it before the first `import mlx` (entry points and conftest do).",
             RuntimeWarning,
             stacklevel=2,
