@@ -10,6 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Public benchmark data (BFCL) is for evaluation only. A sample converted from it carries BENCHMARK_KEY (its
+# pinned source), and evaluating it through a server sends the session id BENCHMARK_SESSION + source, so a
+# recording proxy on the way marks the traces too: train refuses such samples, curate such records.
+BENCHMARK_KEY = "benchmark"
+BENCHMARK_SESSION = "flywheel-benchmark:"
+
 
 class SampleError(ValueError):
     """A line that is not a chat sample; the message names path:line and the field."""

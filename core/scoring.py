@@ -24,6 +24,10 @@ Checks, in this order (the first failure is the verdict):
                           argument the reference passes but the model omits is a wrong value too
     ok
 
+A reference call may accept more than its `arguments` (public benchmarks list several right answers): its
+`alternatives` ({argument: [every acceptable value]}) and `may_omit` ([arguments that may be left out]) keys,
+next to `function` in the OpenAI tool call. A value is right when it equals any alternative.
+
 With several calls the pairing of reference and model calls is the one with the fewest and least severe
 failures; the verdict is the most severe failure of that pairing.
 """
@@ -34,7 +38,7 @@ import itertools
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.toolcalls import ParsedTurn, ToolCall, message_tool_calls
@@ -77,8 +81,35 @@ class Verdict:
 
 
 def normalize_text(text: str) -> str:
-    """Opt-in string normaliser (BFCL's): lower case, without whitespace and the punctuation ,./-_*^ or quotes."""
-    return re.sub(r"[\s,./\-_*^'\"]", "", text).lower()
+    """Opt-in string normaliser, BFCL's `standardize_string`: without spaces and ,./-_*^, lower case, ' as "."""
+    return re.sub(r"[ ,./\-_*^]", "", text).lower().replace("'", '"')
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What a reference call accepts besides its `arguments` (see the module docstring)."""
+
+    alternatives: dict[str, list] = field(default_factory=dict)
+    may_omit: frozenset[str] = frozenset()
+
+
+def reference_accepts(reference_message: dict) -> list[Accepted]:
+    """The `alternatives` and `may_omit` of each call of a reference message, in call order."""
+    accepts = []
+    for call in reference_message.get("tool_calls") or []:
+        alternatives = call.get("alternatives") if isinstance(call, dict) else None
+        may_omit = call.get("may_omit") if isinstance(call, dict) else None
+        accepts.append(
+            Accepted(
+                {k: v for k, v in alternatives.items() if isinstance(v, list)}
+                if isinstance(alternatives, dict)
+                else {},
+                frozenset(k for k in may_omit if isinstance(k, str))
+                if isinstance(may_omit, list)
+                else frozenset(),
+            )
+        )
+    return accepts
 
 
 def tool_schemas(tools: list[dict] | None) -> dict[str, dict]:
@@ -134,8 +165,51 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _accepted_values(key: str, reference: dict, accepted: Accepted) -> list:
+    return accepted.alternatives.get(key) or ([reference[key]] if key in reference else [])
+
+
+JSON_TYPES = {"string": str, "array": list, "object": dict}
+
+
+def _normalizer_for(properties: Any, key: str, value: Any, normalize: Normalizer | None) -> Normalizer | None:
+    """The normaliser for one argument: none when its value's type is not the one the schema declares (a
+    string naming a variable where a number or a list belongs is compared exactly, as BFCL does)."""
+    declared = properties.get(key, {}).get("type") if isinstance(properties, dict) else None
+    if normalize is None or not isinstance(declared, str):
+        return normalize
+    return normalize if declared in JSON_TYPES and isinstance(value, JSON_TYPES[declared]) else None
+
+
+def _trusting(
+    schema: dict, arguments: dict, expected: ToolCall, accepted: Accepted, normalize: Normalizer | None
+) -> dict:
+    """`schema` without the properties whose value the reference accepts: a reference may pass a variable's
+    name or null where the schema says otherwise (BFCL's answers do), and then that value is right; so is a
+    string the normaliser makes equal to an accepted one, even outside an `enum`."""
+    reference = expected.arguments if isinstance(expected.arguments, dict) else {}
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return schema
+    trusted = [
+        key
+        for key, value in arguments.items()
+        if any(
+            values_equal(v, value, _normalizer_for(properties, key, value, normalize))
+            for v in _accepted_values(key, reference, accepted)
+        )
+    ]
+    if not trusted:
+        return schema
+    return {**schema, "properties": {k: {} if k in trusted else v for k, v in properties.items()}}
+
+
 def score_call(
-    expected: ToolCall, got: ToolCall, schemas: dict[str, dict], normalize: Normalizer | None = None
+    expected: ToolCall,
+    got: ToolCall,
+    schemas: dict[str, dict],
+    normalize: Normalizer | None = None,
+    accepted: Accepted | None = None,
 ) -> Verdict:
     """Verdict for one model call against one reference call (same tool list)."""
     if got.name != expected.name:
@@ -150,7 +224,9 @@ def score_call(
     missing = [key for key in required if key not in arguments]
     if missing:
         return Verdict("missing_required", f"{got.name}: required argument {missing[0]!r} missing")
-    extra = [key for key in arguments if key not in reference]
+    accepted = accepted or Accepted()
+    known = [*reference, *(k for k in [*accepted.alternatives, *accepted.may_omit] if k not in reference)]
+    extra = [key for key in arguments if key not in known]
     if extra:
         why = (
             "not declared by the tool"
@@ -158,18 +234,21 @@ def score_call(
             else "not in the reference call"
         )
         return Verdict("unexpected_arg", f"{got.name}: argument {extra[0]!r} ({why})")
-    errors = schema_errors(arguments, schema)
+    errors = schema_errors(arguments, _trusting(schema, arguments, expected, accepted, normalize))
     if errors:
         return Verdict("schema_invalid", f"{got.name}: {errors[0]}")
-    for key, want in reference.items():
+    for key in dict.fromkeys(known):
+        accepted_values = _accepted_values(key, reference, accepted)
+        want = (
+            _short(accepted_values[0]) if len(accepted_values) == 1 else f"one of {_short(accepted_values)}"
+        )
         if key not in arguments:
-            return Verdict(
-                "wrong_value", f"{got.name}: optional argument {key!r} omitted (reference {_short(want)})"
-            )
-        if not values_equal(want, arguments[key], normalize):
-            return Verdict(
-                "wrong_value", f"{got.name}.{key}: {_short(arguments[key])}, expected {_short(want)}"
-            )
+            if key in accepted.may_omit:
+                continue
+            return Verdict("wrong_value", f"{got.name}: optional argument {key!r} omitted (reference {want})")
+        value_normalize = _normalizer_for(properties, key, arguments[key], normalize)
+        if not any(values_equal(value, arguments[key], value_normalize) for value in accepted_values):
+            return Verdict("wrong_value", f"{got.name}.{key}: {_short(arguments[key])}, expected {want}")
     return Verdict("ok")
 
 
@@ -178,9 +257,13 @@ def match_calls(
     got: list[ToolCall],
     schemas: dict[str, dict],
     normalize: Normalizer | None = None,
+    accepts: list[Accepted] | None = None,
 ) -> list[tuple[int, int, Verdict]]:
     """Pair reference and model calls (same count) order-independently: (expected index, got index, verdict)."""
-    table = [[score_call(e, g, schemas, normalize) for g in got] for e in expected]
+    accepts = accepts or [Accepted()] * len(expected)
+    table = [
+        [score_call(e, g, schemas, normalize, a) for g in got] for e, a in zip(expected, accepts, strict=True)
+    ]
     n = len(expected)
 
     def cost(pairing) -> int:
@@ -224,7 +307,7 @@ def score_turn(
         )
     if len(got) != len(expected):
         return Verdict("wrong_count", f"{len(got)} calls, expected {len(expected)}")
-    pairs = match_calls(expected, got, tool_schemas(tools), normalize)
+    pairs = match_calls(expected, got, tool_schemas(tools), normalize, reference_accepts(reference_message))
     worst = max(pairs, key=lambda pair: CALL_SEVERITY[pair[2].code])
     if worst[2].ok:
         return Verdict("ok")

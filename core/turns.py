@@ -22,6 +22,8 @@ Rates (None when no case applies):
     name_accuracy         … where the called tool names equal the reference's (as a multiset)
     schema_valid_rate     … where every call names a declared tool and its arguments pass the tool's JSON schema
     exact_call_accuracy   … where the verdict is ok (right calls, right arguments, no leaked markup)
+    over_call_rate        cases whose reference makes no call where the model called anyway: a structured call
+                          or a call block the parser (or the server) rejected; lower is better
     abstention_accuracy   cases whose reference makes no call where the model made none either (verdict ok)
     turn_success_rate     all cases with verdict ok (the per-case success used for paired statistics)
 """
@@ -37,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.samples import check_sample, read_samples
+from core.samples import BENCHMARK_KEY, BENCHMARK_SESSION, check_sample, read_samples
 from core.scoring import CODES, Normalizer, TurnChecks, Verdict, score_turn, turn_checks
 from core.toolcalls import ParsedTurn, ToolCall, decode_arguments, message_tool_calls, parse_completion
 
@@ -46,9 +48,11 @@ RATE_NAMES = (
     "name_accuracy",
     "schema_valid_rate",
     "exact_call_accuracy",
+    "over_call_rate",
     "abstention_accuracy",
     "turn_success_rate",
 )
+LOWER_IS_BETTER = ("over_call_rate",)
 NO_TOOL = "(no call)"
 SERVER_DROPPED = "(dropped by the server: finish_reason tool_calls without tool_calls)"
 
@@ -74,6 +78,11 @@ class TurnCase:
         return self.verdict.ok
 
     @property
+    def called(self) -> bool:
+        """The model made a call: structured, or a call block that was rejected."""
+        return bool(self.turn.tool_calls or self.turn.unparsed)
+
+    @property
     def reference_tools(self) -> list[str]:
         return [call.name for call in message_tool_calls(self.reference)] or [NO_TOOL]
 
@@ -93,6 +102,7 @@ class TurnCase:
             "parsed": self.checks.parsed,
             "names_match": self.checks.names_match,
             "schema_valid": self.checks.schema_valid,
+            "called": self.called,
             "finish_reason": self.finish_reason,
             "completion_tokens": self.completion_tokens,
         }
@@ -170,6 +180,7 @@ def compute_rates(cases: list[TurnCase]) -> dict[str, float | None]:
         "name_accuracy": rate(calls, lambda c: c.checks.names_match),
         "schema_valid_rate": rate(calls, lambda c: c.checks.schema_valid),
         "exact_call_accuracy": rate(calls, lambda c: c.success),
+        "over_call_rate": rate(abstain, lambda c: c.called),
         "abstention_accuracy": rate(abstain, lambda c: c.success),
         "turn_success_rate": rate(cases, lambda c: c.success),
     }
@@ -360,6 +371,14 @@ def turn_from_message(message: dict, finish_reason: str | None) -> ParsedTurn:
     return turn
 
 
+def benchmark_headers(sample: dict) -> dict[str, str] | None:
+    """The session header that marks a benchmark sample's request (and so its trace) as evaluation-only."""
+    from core.trace import SESSION_HEADER
+
+    source = sample.get(BENCHMARK_KEY)
+    return {SESSION_HEADER: f"{BENCHMARK_SESSION}{source}"} if source else None
+
+
 def request_turn(
     client,
     base_url: str,
@@ -369,6 +388,7 @@ def request_turn(
     model_name: str = "default_model",
     max_tokens: int = 256,
     temperature: float = 0.0,
+    headers: dict[str, str] | None = None,
 ) -> tuple[dict, str | None, int | None]:
     """POST one chat completion; (assistant message, finish_reason, completion tokens)."""
     body: dict[str, Any] = {
@@ -380,7 +400,7 @@ def request_turn(
     }
     if tools:
         body["tools"] = tools
-    response = client.post(f"{base_url.rstrip('/')}/chat/completions", json=body)
+    response = client.post(f"{base_url.rstrip('/')}/chat/completions", json=body, headers=headers)
     if response.status_code != 200:
         raise RuntimeError(f"{base_url}: HTTP {response.status_code}: {response.text[:300]}")
     payload = response.json()
@@ -423,6 +443,7 @@ def evaluate_turns_server(
                 model_name=model_name,
                 max_tokens=max_tokens,
                 temperature=temperature,
+                headers=benchmark_headers(sample),
             )
             raw = json.dumps({"finish_reason": finish_reason, "message": message}, ensure_ascii=False)
             case = _score(

@@ -29,6 +29,7 @@ import orjson
 import polars as pl
 
 from core import trace
+from core.samples import BENCHMARK_SESSION
 
 SORTED = orjson.OPT_SORT_KEYS
 
@@ -410,13 +411,17 @@ def parse_batch(batch: RawBatch, with_tools: bool = False) -> ParsedBatch:
                 Exception
             ):  # not JSON for orjson, or values jsonschema-rs cannot take: the reference decides
                 ok = False
-            if ok:
+            if ok and not str(record.get("session_id")).startswith(BENCHMARK_SESSION):
                 flat.add(x, record)
                 accepted += 1
             else:
                 refused.append((x, raw))
         for x, raw in refused:
             record, reason, detail = line_error(raw)
+            if record is not None and str(record.get("session_id")).startswith(BENCHMARK_SESSION):
+                # public benchmark cases are for evaluation only
+                detail = f"session {record['session_id']}: benchmark data is never trained on"
+                record, reason = None, "benchmark_data"
             if record is None:
                 rejects["x"].append(x)
                 rejects["reason"].append(reason)

@@ -14,6 +14,7 @@ examples:
   python -m evaluate --adapter adapters/demo --no-agent --fail-under 0.8
   python -m evaluate --model models/qwen --no-agent            # just the model, no comparison
   python -m evaluate --server http://127.0.0.1:8080/v1 --no-agent   # any OpenAI-compatible endpoint
+  python -m evaluate --adapter adapters/demo --no-agent --general    # + public BFCL cases (fetch them once)
 
 Turn level: every sample of --data (mlx-lm chat JSONL; the last message is the assistant turn to score) is
 generated greedily, parsed with the model's own tool parser (as mlx_lm server does) and given one code:
@@ -60,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--server", help="OpenAI-compatible base URL (…/v1) to evaluate instead of a local model"
     )
     what.add_argument("--baseline-server", help="base URL of the baseline's endpoint, with --server")
+    what.add_argument(
+        "--general",
+        nargs="?",
+        const="",
+        metavar="CATEGORIES",
+        help="also the general function-calling check on public BFCL cases (after `python -m models fetch "
+        "bfcl-eval`), e.g. simple_python:100,multiple:50,irrelevance:50 (the default)",
+    )
     what.add_argument("--server-model", help=f"model name sent to --server (default: {D.server_model})")
     what.add_argument(
         "--api-key-env",
@@ -128,7 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load(EvalConfig, args.config, overrides=flag_overrides(args, EvalConfig))
-        report = run(config)
+        if args.general is None:
+            report = run(config)
+        else:
+            from evaluate.general import run_general
+
+            report = run_general(config, args.general or None)
     except (ConfigError, EvalError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

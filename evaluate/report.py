@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from core.scoring import CODES
+from core.turns import LOWER_IS_BETTER
 
 RATE_LABELS = {
     "parsed_call_rate": "Parsed-call rate",
     "name_accuracy": "Name accuracy",
     "schema_valid_rate": "Schema-valid rate",
     "exact_call_accuracy": "Exact-call accuracy",
+    "over_call_rate": "Over-calling (a call where none is right)",
     "abstention_accuracy": "Abstention accuracy",
     "turn_success_rate": "Turn success (all cases)",
 }
@@ -37,6 +39,7 @@ AGENT_LABELS = {
 PERCENT_METRICS = set(RATE_LABELS) | {"success_rate"}
 # +1: higher is better, -1: lower is better, 0: neither (how a delta is coloured)
 DIRECTION = {
+    **dict.fromkeys(LOWER_IS_BETTER, -1),
     "mean_invalid_calls": -1,
     "mean_retries": -1,
     "mean_wall_s": -1,
@@ -120,6 +123,10 @@ def headline_rows(report: dict) -> list[dict]:
                     "p": stat["mcnemar_p"] if with_stat else None,
                 }
             )
+    if report.get("general"):  # the public general check (evaluate.general), next to the user's own turns
+        from evaluate.general import headline_rows as general_rows
+
+        rows += general_rows(report["general"])
     return rows
 
 
@@ -312,9 +319,7 @@ def _case_rows(report: dict) -> str:
 def render_html(report: dict) -> str:
     names = report.get("labels", {})
     cand, base = names.get("candidate", "adapter"), names.get("baseline", "base")
-    has_base = bool(
-        (report.get("turns") or {}).get("baseline") or (report.get("agent") or {}).get("baseline")
-    )
+    has_base = any((report.get(level) or {}).get("baseline") for level in ("turns", "agent", "general"))
     out = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>Flywheel evaluation: {_e(report.get('name'))}</title><style>{CSS}</style></head><body>",

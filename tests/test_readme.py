@@ -129,6 +129,13 @@ COVERAGE: dict[str, tuple[str, ...]] = {
     "python -m evaluate --server http://127.0.0.1:8081/v1 --no-agent": (
         "tests/test_evaluate_cli.py::test_server_path",
     ),
+    "python -m models fetch bfcl-eval": (
+        "tests/test_bfcl.py::test_fetch_is_pinned_and_the_fixture_is_the_wheels",  # slow: PyPI download
+        "tests/test_bfcl.py::test_category_spec_and_clear_errors",  # what happens without it
+    ),
+    "python -m evaluate --adapter adapters/tools --no-agent --general": (
+        "tests/test_evaluate_cli.py::test_general_check_beside_the_users_turns",
+    ),
     "python -m mlx_lm server --model mlx-community/Qwen2.5-Coder-7B-Instruct-4bit --port 8080": (
         "external: mlx-lm's own CLI with a Hugging Face model (no download here; flags checked against its "
         "parser); the same invocation on a local model is what MlxServer runs",

@@ -170,3 +170,24 @@ def test_agent_summary_comparison_and_flags():
     }
     flags = {f["metric"] for f in regressions(None, agent)}
     assert flags == {"agent_success_rate", "mean_invalid_calls"}
+
+
+def test_over_calling_that_rises_is_a_regression():
+    """over_call_rate is paired over the no-call cases, and lower is better: a rise is flagged, a fall is not."""
+    base = _results([_case("t:1", "ok", []), _case("t:2", "ok", []), _case("t:3", "unexpected_call", [])])
+    adapter = _results([_case("t:1", "unexpected_call", []), _case("t:2", "ok", []), _case("t:3", "ok", [])])
+    for side in (base, adapter):
+        for case in side["cases"]:
+            case["called"] = case["code"] == "unexpected_call"
+    adapter["cases"][1]["called"] = True  # a third call, so the rate rises
+    adapter["cases"][1]["code"] = "unexpected_call"
+    over = compare_turns(base, adapter)["paired"]["over_call_rate"]
+    assert (over["n"], over["base_rate"], over["adapter_rate"]) == (3, 1 / 3, 2 / 3)
+    flags = regressions({"comparison": compare_turns(base, adapter)}, None)
+    assert any(f["metric"] == "over_call_rate" and "rose" in f["message"] for f in flags)
+    assert not any(
+        f["metric"] == "over_call_rate"
+        for f in regressions({"comparison": compare_turns(adapter, base)}, None)
+    )
+    del base["cases"][2]["called"]  # a report written before the field: no call recorded
+    assert compare_turns(base, adapter)["paired"]["over_call_rate"]["base_rate"] == 0.0

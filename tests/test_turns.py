@@ -150,3 +150,36 @@ def test_server_path_agrees_with_in_process(tool_server, tool_lm, held_out):
 def test_server_error_is_reported(tool_server, held_out):
     with pytest.raises(RuntimeError, match="HTTP 404"):
         evaluate_turns_server(tool_server.url + "/nope", held_out[:1])
+
+
+def test_over_calling_counts_every_call_where_none_is_right(held_out):
+    """over_call_rate: of the cases whose right answer is no call, those where the model called anyway, with a
+    structured call, a call block the parser rejected, or one the server dropped; a plain answer, even one with
+    stray markup in it, is not a call."""
+    from core.toolcalls import ParsedTurn, ToolCall
+    from core.turns import _score, compute_rates, turn_from_message
+
+    answer = next(s for s in held_out if not s["messages"][-1].get("tool_calls"))
+    needs_call = next(s for s in held_out if s["messages"][-1].get("tool_calls"))
+    turns = [
+        ParsedTurn(content="Done."),
+        ParsedTurn(content="", tool_calls=[ToolCall("read_file", {"path": "a.txt"})]),
+        ParsedTurn(content="", unparsed=['{"name": "read_file", "arguments": {']),
+        turn_from_message({"content": None}, "tool_calls"),  # what mlx_lm server answers for a bad call block
+        ParsedTurn(content="I would write <tool_call> here"),
+    ]
+    cases = [_score(i, answer, "", turn, None) for i, turn in enumerate(turns)]
+    assert [c.called for c in cases] == [False, True, True, True, False]
+    assert [c.verdict.code for c in cases] == [
+        "ok",
+        "unexpected_call",
+        "unexpected_call",
+        "unexpected_call",
+        "leaked_markup",
+    ]
+    called = _score(5, needs_call, "", ParsedTurn(content="", tool_calls=[ToolCall("read_file", {})]), None)
+    rates = compute_rates([*cases, called])
+    assert rates["over_call_rate"] == 3 / 5  # the case that needed a call does not count
+    assert rates["abstention_accuracy"] == 1 / 5
+    assert compute_rates([called])["over_call_rate"] is None
+    assert "over_call_rate" in RATE_NAMES and cases[1].to_dict()["called"] is True

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.samples import Sample, SampleError, read_samples
+from core.samples import BENCHMARK_KEY, Sample, SampleError, read_samples
 
 SPLITS = ("train", "valid")
 
@@ -48,9 +48,15 @@ class SplitReport:
 def read_jsonl(path: Path) -> list[Sample]:
     """Every sample of a chat JSONL file; a bad line raises PreflightError naming path:line."""
     try:
-        return read_samples(path)
+        samples = read_samples(path)
     except SampleError as error:
         raise PreflightError(str(error)) from None
+    for sample in samples:  # public benchmark cases are for evaluation only
+        if BENCHMARK_KEY in sample.data:
+            raise PreflightError(
+                f"{sample.where}: benchmark data ({sample.data[BENCHMARK_KEY]}) is never trained on"
+            )
+    return samples
 
 
 def load_splits(data_dir: Path, *, need_valid: bool = False) -> tuple[dict[str, list[Sample]], list[str]]:
