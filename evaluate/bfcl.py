@@ -112,16 +112,20 @@ def read_category(source: Path, category: str) -> list[tuple[dict, dict | None]]
     return [(case, answers[case["id"]]) for case in cases]
 
 
-def parse_spec(spec: str | None) -> list[tuple[str, int | None]]:
-    """ "simple_python:100,multiple" → [("simple_python", 100), ("multiple", None)] (None: every case)."""
+def parse_spec(spec: str | None) -> list[tuple[str, int, int | None]]:
+    """Comma-separated CATEGORY (every case), CATEGORY:N (the first N) or CATEGORY:A-B (cases A to B-1, counted
+    from 0: a slice held out from the first N) → [(category, start, stop)]; None → DEFAULT_SPEC."""
     parsed = []
     for item in filter(None, (part.strip() for part in (spec or DEFAULT_SPEC).split(","))):
-        name, _, count = item.partition(":")
+        name, _, span = item.partition(":")
         if name not in CATEGORIES:
             raise BFCLError(f"--general {item}: unknown category {name!r} (known: {', '.join(CATEGORIES)})")
-        if count and (not count.isdigit() or int(count) < 1):
-            raise BFCLError(f"--general {item}: expected CATEGORY or CATEGORY:N with N ≥ 1")
-        parsed.append((name, int(count) if count else None))
+        first, dash, last = span.partition("-")
+        numbers = [first, last] if dash else [first] if span else []
+        if not all(n.isdigit() for n in numbers) or (dash and int(first) >= int(last)) or span == "0":
+            raise BFCLError(f"--general {item}: expected CATEGORY, CATEGORY:N or CATEGORY:A-B with A < B")
+        start, stop = (int(first), int(last)) if dash else (0, int(first) if span else None)
+        parsed.append((name, start, stop))
     if not parsed:
         raise BFCLError("--general: no category given")
     return parsed
@@ -254,14 +258,14 @@ def to_sample(case: dict, answer: dict | None, category: str, types: dict[str, s
 
 
 def load_samples(spec: str | None = None, source: Path | None = None) -> list[dict]:
-    """The first N cases of each category of `spec` (see parse_spec) as samples, in spec order."""
+    """The cases `spec` names (see parse_spec) as samples, in spec order."""
     categories = parse_spec(spec)
     source = default_source() if source is None else Path(source)
     types = import_from(source, "bfcl_eval.constants.type_mappings").GORILLA_TO_OPENAPI
     samples = []
-    for category, limit in categories:
+    for category, start, stop in categories:
         pairs = read_category(source, category)
-        samples += [to_sample(case, answer, category, types) for case, answer in pairs[:limit]]
+        samples += [to_sample(case, answer, category, types) for case, answer in pairs[start:stop]]
     return samples
 
 

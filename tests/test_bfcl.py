@@ -239,16 +239,21 @@ def test_a_checker_loaded_from_another_source_replaces_the_first(tmp_path):
 
 
 def test_category_spec_and_clear_errors(tmp_path, monkeypatch):
-    assert bfcl.parse_spec(None) == [("simple_python", 100), ("multiple", 50), ("irrelevance", 50)]
-    assert bfcl.parse_spec("irrelevance, multiple:2") == [("irrelevance", None), ("multiple", 2)]
+    assert bfcl.parse_spec(None) == [("simple_python", 0, 100), ("multiple", 0, 50), ("irrelevance", 0, 50)]
+    assert bfcl.parse_spec("irrelevance, multiple:2,parallel:1-3") == [
+        ("irrelevance", 0, None),
+        ("multiple", 0, 2),
+        ("parallel", 1, 3),
+    ]
     with pytest.raises(bfcl.BFCLError, match="unknown category 'simple_java'"):
         bfcl.parse_spec("simple_java")
-    with pytest.raises(bfcl.BFCLError, match="CATEGORY:N"):
-        bfcl.parse_spec("multiple:0")
-    assert [s["bfcl"]["id"] for s in bfcl.load_samples("multiple:2", source=FIXTURE)] == [
-        "multiple_0",
-        "multiple_1",
-    ]
+    for bad in ("multiple:0", "multiple:3-3", "multiple:x", "multiple:-2"):
+        with pytest.raises(bfcl.BFCLError, match="CATEGORY:A-B with A < B"):
+            bfcl.parse_spec(bad)
+    first = bfcl.load_samples("multiple:2", source=FIXTURE)
+    assert [s["bfcl"]["id"] for s in first] == ["multiple_0", "multiple_1"]
+    held_out = bfcl.load_samples("multiple:2-4", source=FIXTURE)  # a slice disjoint from the first two
+    assert [s["bfcl"]["id"] for s in held_out] == ["multiple_2", "multiple_3"]
     monkeypatch.setenv("FLYWHEEL_CACHE", str(tmp_path))
     with pytest.raises(bfcl.BFCLError, match="python -m models fetch bfcl-eval"):
         bfcl.load_samples("multiple")
