@@ -2,20 +2,23 @@
 BFCL's own AST checker and by our scorer on the same outputs.
 
     uv run python -m models fetch qwen2.5-coder-0.5b && uv run python -m models fetch bfcl-eval   # once
-    uv run python bench/general_check.py --adapter before=/tmp/qwen/adapter-x --adapter after=/tmp/qwen/adapter-y
+    uv run python bench/general_check.py --adapter before=/tmp/qwen/adapter-x --adapter after=/tmp/qwen/adapter-y \
+        --own before=/tmp/qwen/summary.json --own after=/tmp/qwen-after/summary.json
 
 Each side (the base model, then base + each adapter) answers the cases of --spec in-process (mlx-lm's batched
-generation, greedy, the model's chat template and tool parser: what `python -m evaluate --general` runs). Per
-category: exact calls by BFCL's checker and by ours, the base's *text* calls (bare JSON `{"name", "arguments"}`
-in its answer, which the server never returns as a call, judged by BFCL's checker as if they were calls: what
-the base knows), the agreement of the two checkers, and where the adapter fails. Writes WORKDIR/general-check.json
-and the `general_check` section of docs/BENCHMARKS.md (unless --no-report).
+generation, greedy, the model's chat template and tool parser: `evaluate.turnlevel.side_results`, what
+`python -m evaluate --general` runs). Per category: exact calls by BFCL's checker and by ours, the base's *text*
+calls (bare JSON `{"name", "arguments"}` in its answer, which the server never returns as a call, judged by
+BFCL's checker as if they were calls: what the base knows), the agreement of the two checkers, over-calling
+(`core.turns`' over_call_rate) and where each adapter fails. --own adds each adapter's own held-out turns and
+agent tasks from its bench/real_model.py run, paired case by case with the first. Offline: the cases and the
+checker come from the cached, hash-checked wheel. Writes WORKDIR/general-check.json and the `general_check`
+section of docs/BENCHMARKS.md (unless --no-report).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import hashlib
 import json
 import shlex
@@ -53,7 +56,68 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reuse", action="store_true", help="reuse a side's answers from an earlier run")
     parser.add_argument("--no-report", action="store_true", help="don't write docs/BENCHMARKS.md")
     parser.add_argument("--title", default="", help="a note for the report (what the adapters are)")
+    parser.add_argument(
+        "--own",
+        action="append",
+        default=[],
+        metavar="NAME=SUMMARY",
+        help="a bench/real_model.py summary.json of the adapter NAME: its own turns and agent tasks, paired "
+        "with the first --own's (repeatable)",
+    )
     return parser
+
+
+# ---------------------------------------------------------------------------------------------- own work
+
+
+OWN_LABELS = {
+    "test split": "test-split turns with the exact call",
+    "held-out tasks": "held-out tasks' turns with the exact call",
+    "agent tasks": "agent tasks solved",
+}
+
+
+def own_outcomes(summary_path: Path) -> dict[str, dict[str, bool]]:
+    """Per turn set, and for the agent: case → success of the adapter in a bench/real_model.py run. A turn is
+    keyed by its data folder, file and line (`data-KEY/test.jsonl:12`, KEY the fingerprint of the data's
+    settings), so two runs on the same data pair case by case whatever their workdirs."""
+    try:
+        summary = json.loads(summary_path.read_text())
+        reports = {name: json.loads(Path(paths[0]).read_text()) for name, paths in summary["reports"].items()}
+    except (OSError, ValueError, KeyError, IndexError) as error:
+        raise SystemExit(
+            f"error: --own {summary_path}: not a bench/real_model.py summary.json ({error})"
+        ) from None
+    outcomes = {
+        name: {_turn_key(c["where"]): c["code"] == "ok" for c in report["turns"]["candidate"]["cases"]}
+        for name, report in reports.items()
+    }
+    agent = reports.get("test split", {}).get("agent")
+    if agent:
+        outcomes["agent tasks"] = {e["task_id"]: bool(e["success"]) for e in agent["candidate"]["episodes"]}
+    return outcomes
+
+
+def _turn_key(where: str) -> str:
+    file, _, line = where.rpartition(":")
+    return f"{Path(file).parent.name}/{Path(file).name}:{line}"
+
+
+def own_comparison(own: dict[str, Path]) -> dict:
+    """Each adapter's own held-out turns and agent tasks, paired case by case with the first one's."""
+    from evaluate.stats import paired_comparison
+
+    outcomes = {name: own_outcomes(path) for name, path in own.items()}
+    first = next(iter(outcomes))
+    table = {}
+    for name, sets in outcomes.items():
+        table[name] = {}
+        for set_name, cases in sets.items():
+            reference = outcomes[first].get(set_name, {})
+            shared = [case for case in reference if case in cases]
+            stat = paired_comparison([reference[c] for c in shared], [cases[c] for c in shared])
+            table[name][set_name] = {"n": len(shared), "ok": sum(cases[c] for c in shared), "vs_first": stat}
+    return table
 
 
 # ---------------------------------------------------------------------------------------------- text calls
@@ -83,8 +147,12 @@ def text_calls(content: str) -> list[dict]:
 
 
 def answers(model: Path, adapter: Path | None, samples: list[dict], args) -> dict:
-    """TurnResults.to_dict() of one side, generated now or reused from the workdir."""
-    from core.scoring import normalize_text
+    """TurnResults.to_dict() of one side, generated now (as `python -m evaluate --general` generates it) or
+    reused from the workdir."""
+    from rich.console import Console
+
+    from evaluate.config import EvalConfig, Side
+    from evaluate.turnlevel import progress_bar, side_results
 
     key = {"model": str(model), "adapter": str(adapter), "spec": args.spec, "max_tokens": args.max_tokens}
     if adapter is not None:
@@ -93,27 +161,17 @@ def answers(model: Path, adapter: Path | None, samples: list[dict], args) -> dic
     path = args.workdir / f"answers-{name}.json"
     if args.reuse and path.is_file():
         return json.loads(path.read_text())
-    import mlx.core as mx
-    from mlx_lm import load
-    from rich.progress import Progress
-
-    from core.turns import evaluate_turns
-
-    loaded, tokenizer = load(str(model), adapter_path=str(adapter) if adapter else None)
-    with Progress() as bar:
-        task = bar.add_task(f"{adapter.name if adapter else 'base'}", total=len(samples))
-        results = evaluate_turns(
-            loaded,
-            tokenizer,
+    # BFCL's answers list one spelling per meaning and compare strings normalised: so does the general check
+    config = EvalConfig(batch_size=args.batch_size, max_tokens=args.max_tokens, normalize_strings=True)
+    label = adapter.name if adapter else "base"
+    with progress_bar(Console(stderr=True)) as bar:
+        task = bar.add_task(f"general · {label}", total=len(samples))
+        results = side_results(
+            config,
             samples,
-            batch_size=args.batch_size,
-            max_tokens=args.max_tokens,
-            normalize=normalize_text,
-            progress=lambda done, total: bar.update(task, completed=done),
+            Side("candidate", label, str(model), adapter, None),
+            lambda done, total: bar.update(task, completed=done),
         )
-    del loaded
-    gc.collect()
-    mx.clear_cache()
     data = {**results.to_dict(), "key": key}
     args.workdir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data) + "\n")
@@ -200,7 +258,7 @@ def side_summary(samples: list[dict], data: dict, checker) -> dict:
 def markdown(summary: dict) -> str:
     sides, categories = summary["sides"], list(summary["sides"]["base"]["categories"])
     names = [name for name in sides if name != "base"]
-    head = "| category | base (BFCL checker) | base text calls (BFCL checker) |"
+    head = "| category | base (BFCL checker) | base (ours) | base text calls (BFCL checker) |"
     head += "".join(f" {n} (BFCL checker) | {n} (ours) |" for n in names)
     lines = [
         f"Command: `{summary['command']}`. {summary['title']}".strip(),
@@ -211,11 +269,15 @@ def markdown(summary: dict) -> str:
         "returns them as text).",
         "",
         head,
-        "|---|" + "---:|" * (2 + 2 * len(names)),
+        "|---|" + "---:|" * (3 + 2 * len(names)),
     ]
     for category in categories:
         base = sides["base"]["categories"][category]
-        cells = [f"{base['bfcl']}/{base['n']}", f"{base['text_bfcl']}/{base['n']}"]
+        cells = [
+            f"{base['bfcl']}/{base['n']}",
+            f"{base['ours']}/{base['n']}",
+            f"{base['text_bfcl']}/{base['n']}",
+        ]
         for name in names:
             row = sides[name]["categories"][category]
             cells += [f"{row['bfcl']}/{row['n']}", f"{row['ours']}/{row['n']}"]
@@ -243,6 +305,27 @@ def markdown(summary: dict) -> str:
                     f"{category} failures: " + ", ".join(f"{k} {v}" for k, v in row["failures"].items())
                 )
         lines.append("- " + "; ".join(parts) + f"; {side['wall_s']:.0f} s.")
+    if summary.get("own"):
+        names = list(summary["own"])
+        lines += [
+            "",
+            f"The user's own held-out work (`bench/real_model.py` runs: {', '.join(f'{n} `{p}`' for n, p in summary['own_files'].items())}), "
+            f"paired case by case with {names[0]}:",
+            "",
+            "| held-out | " + " | ".join(names) + " |",
+            "|---|" + "---:|" * len(names),
+        ]
+        for set_name in summary["own"][names[0]]:
+            cells = []
+            for name in names:
+                row = summary["own"][name].get(set_name)
+                if row is None:
+                    cells.append("–")
+                    continue
+                stat = row["vs_first"]
+                pair = "" if name == names[0] else f" (McNemar p {stat['mcnemar_p']:.2g} vs {names[0]})"
+                cells.append(f"{row['ok']}/{row['n']}{pair}")
+            lines.append(f"| {OWN_LABELS[set_name]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -265,6 +348,12 @@ def main(argv: list[str] | None = None) -> dict:
         if not directory or not (Path(directory) / "adapters.safetensors").is_file():
             raise SystemExit(f"error: --adapter {item}: expected NAME=DIR with DIR/adapters.safetensors")
         adapters[name] = Path(directory)
+    own = dict(item.partition("=")[::2] for item in args.own)
+    if any(not name or not path for name, path in own.items()):
+        raise SystemExit("error: --own: expected NAME=SUMMARY (a bench/real_model.py summary.json)")
+    own_table = (
+        own_comparison({name: Path(path) for name, path in own.items()}) if own else None
+    )  # fail early
     try:
         samples = bfcl.load_samples(args.spec)
     except bfcl.BFCLError as error:
@@ -286,6 +375,8 @@ def main(argv: list[str] | None = None) -> dict:
         "sides": sides,
         "seconds": round(time.monotonic() - started, 1),
     }
+    if own:
+        summary["own_files"], summary["own"] = own, own_table
     args.workdir.mkdir(parents=True, exist_ok=True)
     (args.workdir / "general-check.json").write_text(json.dumps(summary, indent=1) + "\n")
     text = markdown(summary)
