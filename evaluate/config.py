@@ -70,7 +70,7 @@ class Side:
 
     role: str  # "baseline" or "candidate"
     label: str  # what tables call it: "base", "adapter" or "model"
-    model: str | None
+    model: str | None  # with a server: the model the report names and the server must serve (None: unnamed)
     adapter: Path | None
     server: str | None
 
@@ -174,6 +174,7 @@ def plan_sides(config: EvalConfig) -> Plan:
     label = "adapter" if config.adapter else "model"
     sides = [Side("candidate", label, model, config.adapter, config.server)]
     if use_baseline:
-        baseline = Side("baseline", "base", config.baseline_model or model, None, config.baseline_server)
-        sides.insert(0, baseline)
+        # a baseline server is checked against --baseline-model only: the candidate's model says nothing of it
+        base_model = config.baseline_model if config.baseline_server else (config.baseline_model or model)
+        sides.insert(0, Side("baseline", "base", base_model, None, config.baseline_server))
     return Plan(default_name(config), model, sides)

@@ -99,14 +99,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def headline_comparisons(report: dict) -> list[tuple[str, dict]]:
-    """(label, paired comparison) for agent task success and turn-level exact-call accuracy."""
+    """(label, paired comparison) for agent task success and turn-level exact-call accuracy on call turns (the
+    turn-level headline: answer turns, where no call is right, are reported apart in the table)."""
     rows = []
     agent = ((report.get("agent") or {}).get("comparison") or {}).get("success")
     if agent:
         rows.append(("held-out tasks solved by the agent", agent))
     turns = ((report.get("turns") or {}).get("comparison") or {}).get("paired") or {}
     if "exact_call_accuracy" in turns:
-        rows.append(("held-out turns, exact tool call", turns["exact_call_accuracy"]))
+        rows.append(("held-out call turns, exact tool call", turns["exact_call_accuracy"]))
     return rows
 
 
