@@ -69,8 +69,9 @@ def main(argv: list[str] | None = None) -> dict:
     from train import adapters
     from train import loss as loss_lib
     from train import preflight as pf
+    from train.batches import TokenizedDataset, make_iterate_batches
     from train.config import TrainConfig
-    from train.loop import TokenizedDataset, build_optimizer, make_iterate_batches
+    from train.loop import build_optimizer
 
     model_path = args.model or default_model()
     model, tokenizer = load(model_path)
@@ -83,8 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         learning_rate=1e-4,
     )
     samples = [
-        pf.Sample(where=f"tool_call_samples:{i + 1}", data=s)
-        for i, s in enumerate(tool_call_samples(16, 7))
+        pf.Sample(where=f"tool_call_samples:{i + 1}", data=s) for i, s in enumerate(tool_call_samples(16, 7))
     ]
     items = [pf.tokenize(tokenizer, s, True) for s in samples]
     mx.random.seed(0)

@@ -107,10 +107,10 @@ def test_config_precedence_defaults_file_flags(tmp_path):
     assert resolve({}, round_trip, cwd=tmp_path).to_dict() == config.to_dict()
 
     (tmp_path / "bad.toml").write_text("iters = 5\nlearning_rat = 1e-4\n")
-    with pytest.raises(ConfigError, match=r"bad\.toml: unknown setting 'learning_rat'"):
+    with pytest.raises(ConfigError, match=r"bad\.toml: unknown key 'learning_rat'"):
         resolve({}, tmp_path / "bad.toml", cwd=tmp_path)
     (tmp_path / "bad.toml").write_text('iters = "many"\n')
-    with pytest.raises(ConfigError, match=r"bad\.toml: iters must be an integer"):
+    with pytest.raises(ConfigError, match=r"bad\.toml: iters: input should be a valid integer"):
         resolve({}, tmp_path / "bad.toml", cwd=tmp_path)
     with pytest.raises(ConfigError, match="select_by"):
         resolve({"select_by": "loss"}, cwd=tmp_path)
@@ -118,6 +118,31 @@ def test_config_precedence_defaults_file_flags(tmp_path):
         resolve({"patience": 2}, cwd=tmp_path)
     aligned = resolve({"save_every": 25, "steps_per_report": 10}, cwd=tmp_path)
     assert aligned.steps_per_report == 5 and aligned.extra["steps_per_report_adjusted_from"] == 10
+
+
+def test_config_is_core_settings_with_one_line_errors(tmp_path):
+    from core.config import Settings
+
+    assert issubclass(TrainConfig, Settings)
+    table = tmp_path / "table.toml"
+    table.write_text('model = "m"\n[train]\nbatch-size = "4"\n')
+    with pytest.raises(ConfigError) as error:
+        resolve({}, table, cwd=tmp_path)
+    assert str(error.value).startswith(f"{table}: batch_size: input should be a valid integer")
+    (tmp_path / "train.toml").write_text("num_layers = 0\n")
+    with pytest.raises(ConfigError, match=r"train\.toml: num_layers: .*must be -1 \(all\) or a positive"):
+        resolve({}, cwd=tmp_path)
+    (tmp_path / "train.toml").write_text('lora_keys = "q_proj, v_proj"\n')  # comma list, as the flag takes it
+    assert resolve({}, cwd=tmp_path).lora_keys == ["q_proj", "v_proj"]
+    with pytest.raises(ConfigError, match=r"^flags: iters: input should be a valid integer"):
+        resolve({"iters": "many"}, cwd=tmp_path)
+    with pytest.raises(ConfigError, match="not a setting"):
+        resolve({"iterations": 3}, cwd=tmp_path)
+    # Library callers (flywheel's loop) build it from a dict of settings; paths may be Path objects.
+    built = TrainConfig(**{"model": tmp_path, "data": tmp_path / "d", "iters": 5, "learning_rate": 1})
+    assert built.model == str(tmp_path) and built.data == str(tmp_path / "d") and built.learning_rate == 1.0
+    with pytest.raises(ValueError, match="select_by"):
+        TrainConfig(select_by="loss")
 
 
 def test_cli_without_model_says_how_to_set_one(tmp_path):
@@ -146,7 +171,7 @@ def test_length_report_counts_truncation():
 def test_batches_are_a_function_of_seed_and_iteration():
     import mlx.core as mx
 
-    from train.loop import make_iterate_batches
+    from train.batches import make_iterate_batches
 
     class Data:
         items = [(list(range(1, 3 + (i * 7) % 40)), 1) for i in range(22)]

@@ -13,8 +13,8 @@ from mlx.utils import tree_flatten
 from train import adapters
 from train import loss as loss_lib
 from train import preflight as pf
+from train.batches import TokenizedDataset, collate
 from train.config import TrainConfig
-from train.loop import TokenizedDataset, collate
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,7 @@ def tokenized(tiny_model):
 
     _, tokenizer = load(str(tiny_model))
     samples = [
-        pf.Sample(where=f"samples.jsonl:{i + 1}", data=s)
-        for i, s in enumerate(tool_call_samples(6, 5))
+        pf.Sample(where=f"samples.jsonl:{i + 1}", data=s) for i, s in enumerate(tool_call_samples(6, 5))
     ]
     return [pf.tokenize(tokenizer, s, True) for s in samples]
 

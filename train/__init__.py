@@ -6,7 +6,6 @@
 Importing this package does not import MLX.
 """
 
-
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,24 +1,28 @@
-"""The training configuration: one dataclass, filled from defaults < train.toml < command-line flags.
+"""The training configuration: a `core.config` Settings class, filled from defaults < train.toml < flags.
 
-Nothing here imports mlx, so `python -m train` can set up the BLAS before MLX loads.
+Types, ranges and unknown keys are checked by the class (one line naming the file or flag and the key);
+`check` adds what spans several settings. Nothing here imports mlx, so `python -m train` parses its
+configuration before MLX loads.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
-import tomllib
-from dataclasses import asdict, dataclass, field, fields
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, PrivateAttr, field_validator
+
+from core import config as config_lib
+from core.config import ConfigError, Settings
+
+__all__ = ["ConfigError", "TrainConfig", "check", "read_toml", "resolve", "save", "to_toml"]
 
 CONFIG_FILE = "train.toml"
-
-FINE_TUNE_TYPES = ("lora", "dora", "full")
-OPTIMIZERS = ("adam", "adamw")
-LR_SCHEDULES = ("constant", "cosine")
-SELECT_BY = ("last", "tool-success")
+HEADER = "Resolved training config, written by python -m train; reuse with --config."
 
 NO_MODEL_MESSAGE = """\
 python -m train: no model configured. Set one on the command line:
@@ -34,182 +38,121 @@ or in ./train.toml (read automatically from the current directory):
 The model is a local mlx-lm model directory or a Hugging Face repo id."""
 
 
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the file or flag and the field."""
-
-
-@dataclass
-class TrainConfig:
+class TrainConfig(Settings):
     model: str | None = None
     data: str = "data"
     adapter: str | None = None  # adapter directory; None: adapters/<timestamp>
     # What to train
-    fine_tune_type: str = "lora"  # lora | dora | full
+    fine_tune_type: Literal["lora", "dora", "full"] = "lora"
     num_layers: int = 16  # last N transformer blocks; -1 = all (full + -1 also trains embeddings and head)
-    lora_rank: int = 8
+    lora_rank: int = Field(8, ge=1)
     lora_scale: float = 20.0
-    lora_dropout: float = 0.0
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     lora_keys: list[str] | None = None  # module names to adapt; None = every linear layer in the blocks
     lora_lm_head: bool = False  # also adapt the output head (the embedding when tied)
     lora_embeddings: bool = False  # also adapt the input embedding
     mask_prompt: bool = True  # loss on the final assistant turn only
     # How
-    iters: int = 1000
-    batch_size: int = 4
-    learning_rate: float = 1e-5
-    lr_schedule: str = "constant"  # constant | cosine (decays to min_learning_rate)
-    lr_warmup: int = 0  # linear warm-up iterations
+    iters: int = Field(1000, ge=1)
+    batch_size: int = Field(4, ge=1)
+    learning_rate: float = Field(1e-5, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine decays to min_learning_rate
+    lr_warmup: int = Field(0, ge=0)  # linear warm-up iterations
     min_learning_rate: float = 0.0
-    optimizer: str = "adam"  # adam | adamw
+    optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: float = 0.01  # adamw only
-    grad_accumulation_steps: int = 1
+    grad_accumulation_steps: int = Field(1, ge=1)
     grad_checkpoint: bool = False
     head_on_supervised: bool = True  # output head on supervised positions only (same loss, less work)
-    max_seq_length: int = 2048
-    seed: int = 0
+    max_seq_length: int = Field(2048, ge=2)
+    seed: int = Field(0, ge=0)
     # Reporting, checkpoints, selection
-    steps_per_report: int = 10
-    steps_per_eval: int = 200
+    steps_per_report: int = Field(10, ge=1)
+    steps_per_eval: int = Field(200, ge=1)
     val_batches: int = 25  # -1 = the whole valid split
-    save_every: int = 100
+    save_every: int = Field(100, ge=1)
     resume: bool = False
     stop_after: int | None = None  # stop at this iteration (after its checkpoint); continue with --resume
-    select_by: str = "last"  # last | tool-success
-    patience: int = 0  # with tool-success: stop after N checkpoints without improvement; 0 = never
-    select_samples: int = 0  # valid samples scored per checkpoint; 0 = all
-    timing_steps: int = 2  # preflight warm-up steps timed; 0 = skip the timing
+    select_by: Literal["last", "tool-success"] = "last"
+    patience: int = Field(
+        0, ge=0
+    )  # with tool-success: stop after N checkpoints without improvement; 0 = never
+    select_samples: int = Field(0, ge=0)  # valid samples scored per checkpoint; 0 = all
+    timing_steps: int = Field(2, ge=0)  # preflight warm-up steps timed; 0 = skip the timing
     fuse: str | None = None  # also write a fused model directory here
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)  # not a setting: provenance notes
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("extra")
-        return data
+    # Not a setting: where the values came from (config file, flags, adjustments), for the manifest.
+    _notes: dict[str, Any] = PrivateAttr(default_factory=dict)
 
+    @property
+    def extra(self) -> dict[str, Any]:
+        return self._notes
 
-FIELD_NAMES = [f.name for f in fields(TrainConfig) if f.name != "extra"]
+    @field_validator("model", "data", "adapter", "fuse", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("lora_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):  # --lora-keys q_proj,v_proj (and the same in a file)
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("num_layers")
+    @classmethod
+    def _layers(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError("must be -1 (all) or a positive number")
+        return value
 
 
 def default_adapter_dir(now: dt.datetime | None = None) -> str:
     return "adapters/" + (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """The settings in a train.toml (flat keys; `-` and `_` both accepted); unknown keys are errors."""
-    try:
-        with open(path, "rb") as file:
-            data = tomllib.load(file)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: invalid TOML: {error}") from None
-    if "train" in data and isinstance(data["train"], dict):  # a [train] table is accepted too
+def read_toml(path: Path | str) -> dict[str, Any]:
+    """The settings of a train.toml: flat keys (`-` and `_` both accepted), or a `[train]` table; an unknown
+    key is refused naming the file and the key."""
+    data = config_lib.read_toml(path)
+    if isinstance(data.get("train"), dict):
         data = {**{k: v for k, v in data.items() if k != "train"}, **data["train"]}
-    settings = {}
-    for key, value in data.items():
-        name = key.replace("-", "_")
-        if name not in FIELD_NAMES:
-            raise ConfigError(f"{path}: unknown setting {key!r} (known: {', '.join(FIELD_NAMES)})")
-        settings[name] = value
+    settings = {key.replace("-", "_"): value for key, value in data.items()}
+    config_lib.validate_keys(TrainConfig, settings, str(path))
     return settings
 
 
 def resolve(
-    flags: dict[str, Any], config_path: str | Path | None = None, cwd: Path | None = None
+    flags: Mapping[str, Any], config_path: str | Path | None = None, cwd: Path | None = None
 ) -> TrainConfig:
-    """Defaults, then the config file (`config_path`, else ./train.toml when present), then flags that were given.
+    """Defaults, then the config file (`config_path`, else ./train.toml when present), then the flags given.
 
-    `flags` maps field names to values, None meaning "not given on the command line"."""
+    `flags` maps setting names to values, None meaning "not given on the command line"."""
     cwd = Path.cwd() if cwd is None else cwd
-    settings: dict[str, Any] = {}
-    source = None
-    if config_path is not None:
-        source = Path(config_path)
-    elif (cwd / CONFIG_FILE).is_file():
-        source = cwd / CONFIG_FILE
-    if source is not None:
-        settings.update(read_toml(source))
-    for name, value in flags.items():
-        if name not in FIELD_NAMES:
-            raise ConfigError(f"unknown setting {name!r}")
-        if value is not None:
-            settings[name] = value
-    config = TrainConfig()
-    for name, value in settings.items():
-        setattr(
-            config, name, _coerce(name, value, source if name not in flags or flags[name] is None else None)
-        )
+    source = Path(config_path) if config_path is not None else cwd / CONFIG_FILE
+    from_file: dict[str, Any] = {}
+    if config_path is not None or source.is_file():
+        from_file = read_toml(source)
+        config_lib.validate(TrainConfig, from_file, str(source))
+    else:
+        source = None
+    given = {name: value for name, value in flags.items() if value is not None}
+    config = config_lib.load(TrainConfig, overrides=given, base=from_file)
     config.extra["config_file"] = str(source) if source else None
-    config.extra["from_flags"] = sorted(k for k, v in flags.items() if v is not None)
+    config.extra["from_flags"] = sorted(given)
     if config.adapter is None:
         config.adapter = default_adapter_dir()
         config.extra["adapter_defaulted"] = True
-    validate(config)
-    return config
+    return check(config)
 
 
-def _coerce(name: str, value: Any, source: Path | None) -> Any:
-    where = f"{source}: " if source else "--" + name.replace("_", "-") + ": "
-    default = getattr(TrainConfig(), name)
-    kind = {f.name: f.type for f in fields(TrainConfig)}[name]
-    if value is None:
-        return None
-    if "list" in str(kind):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where}{name} must be a list of strings, got {value!r}")
-        return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}{name} must be true or false, got {value!r}")
-        return value
-    if "int" in str(kind) and not isinstance(value, bool):
-        if isinstance(value, int):
-            return value
-        raise ConfigError(f"{where}{name} must be an integer, got {value!r}")
-    if "float" in str(kind):
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}{name} must be a number, got {value!r}")
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}{name} must be a string, got {value!r}")
-    return value
-
-
-def validate(config: TrainConfig) -> None:
-    """Raise ConfigError for values that cannot work; align report steps with checkpoints."""
+def check(config: TrainConfig) -> TrainConfig:
+    """ConfigError for settings that cannot work together; aligns report steps with checkpoints (in place)."""
 
     def fail(name: str, message: str):
         raise ConfigError(f"{name}: {message}")
 
-    if config.fine_tune_type not in FINE_TUNE_TYPES:
-        fail("fine_tune_type", f"{config.fine_tune_type!r} is not one of {', '.join(FINE_TUNE_TYPES)}")
-    if config.optimizer not in OPTIMIZERS:
-        fail("optimizer", f"{config.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-    if config.lr_schedule not in LR_SCHEDULES:
-        fail("lr_schedule", f"{config.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
-    if config.select_by not in SELECT_BY:
-        fail("select_by", f"{config.select_by!r} is not one of {', '.join(SELECT_BY)}")
-    for name in ("iters", "batch_size", "save_every", "steps_per_report", "steps_per_eval"):
-        if getattr(config, name) < 1:
-            fail(name, f"must be at least 1, got {getattr(config, name)}")
-    if config.grad_accumulation_steps < 1:
-        fail("grad_accumulation_steps", "must be at least 1")
-    if config.num_layers == 0 or config.num_layers < -1:
-        fail("num_layers", f"must be -1 (all) or a positive number, got {config.num_layers}")
-    if config.lora_rank < 1:
-        fail("lora_rank", "must be at least 1")
-    if not 0.0 <= config.lora_dropout < 1.0:
-        fail("lora_dropout", "must be in [0, 1)")
-    if config.learning_rate <= 0:
-        fail("learning_rate", "must be positive")
-    if config.seed < 0:
-        fail("seed", "must not be negative")
-    if config.max_seq_length < 2:
-        fail("max_seq_length", "must be at least 2")
-    if config.patience < 0 or config.select_samples < 0 or config.timing_steps < 0 or config.lr_warmup < 0:
-        fail("patience/select_samples/timing_steps/lr_warmup", "must not be negative")
     if config.lr_warmup >= config.iters and config.lr_warmup:
         fail("lr_warmup", f"({config.lr_warmup}) must be smaller than iters ({config.iters})")
     if config.fine_tune_type == "full" and (
@@ -235,21 +178,13 @@ def validate(config: TrainConfig) -> None:
     if report != config.steps_per_report:
         config.extra["steps_per_report_adjusted_from"] = config.steps_per_report
         config.steps_per_report = report
+    return config
 
 
 def to_toml(config: TrainConfig) -> str:
     """The resolved config as a train.toml that `--config` reads back (None values are left out)."""
-    lines = ["# Resolved training config, written by python -m train; reuse with --config."]
-    for name, value in config.to_dict().items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, int | float):
-            text = repr(value)
-        elif isinstance(value, list):
-            text = "[" + ", ".join(json.dumps(v) for v in value) + "]"
-        else:
-            text = json.dumps(value)
-        lines.append(f"{name} = {text}")
-    return "\n".join(lines) + "\n"
+    return config_lib.to_toml(config, HEADER)
+
+
+def save(config: TrainConfig, path: Path) -> Path:
+    return config_lib.save(config, path, HEADER)

@@ -2,15 +2,95 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import platform
 import subprocess
 import sys
+import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from train.state import Run
 
 MANIFEST = "manifest.json"
+FORMAT = "flywheel-train-manifest/1"
+OUTPUTS = ("adapters.safetensors", "adapter_config.json", "metrics.jsonl")
+
+
+def build(run: Run, previous: dict | None = None) -> dict[str, Any]:
+    """The manifest of a finished (or stopped) run; `previous` is the manifest of the run it resumed."""
+    config, adapter_dir = run.config, run.adapter_dir
+    segments = list((previous or {}).get("segments", []))
+    segments.append(
+        {
+            "started": iso(run.segment_start),
+            "wall_time_s": round(run.wall_time, 3),
+            "from_iteration": run.start,
+            "to_iteration": run.final_iteration,
+            "status": run.status,
+        }
+    )
+    return {
+        "format": FORMAT,
+        "adapter_dir": str(adapter_dir.resolve()),
+        "status": run.status,
+        "base_model": {"name": config.model, "path": str(run.model_path), **directory_digest(run.model_path)},
+        "data": {
+            "dir": str(Path(config.data).resolve()),
+            "files": data_files(Path(config.data)),
+            "curate_report": curate_report(Path(config.data)),
+        },
+        "config": config.to_dict(),
+        "config_notes": {k: v for k, v in config.extra.items() if k not in ("adapter_defaulted",)},
+        "adapter_config": run.adapter_config,
+        "seed": config.seed,
+        "versions": versions(),
+        "git": git_state(),
+        "command": command_line(),
+        "blas": blas(),
+        "loss": run.loss_note,
+        "distributed": {
+            "world_size": run.world.size(),
+            "gradient_averaging": "mlx_lm.tuner.trainer: average_gradients (all_sum / world size) every update",
+            "replicas_identical": run.replicas,
+        },
+        "trainable": run.trainable,
+        "preflight": {
+            "warnings": run.warnings,
+            "lengths": {k: asdict(v) for k, v in run.lengths.items()},
+            "warmup": run.timing,
+        },
+        "final": {
+            "iteration": run.final_iteration,
+            "train_loss": run.last_train_loss,
+            "val_loss": run.last_val_loss,
+            "trained_tokens": run.trained_tokens,
+        },
+        "selection": run.selection if config.select_by == "tool-success" else {"by": "last"},
+        "started": iso(run.started),
+        "finished": iso(time.time()),
+        "wall_time_s": round(sum(s["wall_time_s"] for s in segments), 3),
+        "segments": segments,
+        "outputs": {
+            name: sha256_file(adapter_dir / name) for name in OUTPUTS if (adapter_dir / name).exists()
+        },
+    }
+
+
+def read(adapter_dir: Path) -> dict | None:
+    """The manifest in `adapter_dir`, or None when there is none (or it cannot be read)."""
+    try:
+        return json.loads((Path(adapter_dir) / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
 
 
 def sha256_file(path: Path) -> str:
