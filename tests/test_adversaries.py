@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,29 @@ ROOT = Path(__file__).resolve().parent.parent
 # Makes the right first call on purpose (real evidence, then a lie): the turn level credits that call.
 RIGHT_CALLS = {"right-call"}
 SILENT = {"empty", "whitespace"}
-# Policies that ignore the task: one held-out task per template is as thorough as all of them.
-TASK_BLIND = {"empty", "whitespace", "garbage", "repeat"}
+# Held-out tasks per template each policy meets: the ones that ignore the task need one, those whose answers
+# hold the right value among its rivals (the sharpest attacks) meet every held-out task.
+TASKS_PER_TEMPLATE = {
+    "empty": 1,
+    "whitespace": 1,
+    "garbage": 1,
+    "repeat": 1,
+    "right-tool": 2,
+    "call-as-text": 2,
+}
 
 
-def one_per_template(tasks: list) -> list:
-    return list({task.template: task for task in tasks}.values())
+def per_template(tasks: list, count: int | None) -> list:
+    """The first `count` tasks of each template (all with None)."""
+    if count is None:
+        return tasks
+    seen: Counter[str] = Counter()
+    kept = []
+    for task in tasks:
+        seen[task.template] += 1
+        if seen[task.template] <= count:
+            kept.append(task)
+    return kept
 
 
 @pytest.fixture(scope="module", params=available_suites())
@@ -79,7 +97,7 @@ def test_the_teacher_passes_what_the_adversaries_fail(served, test_split):
 @pytest.mark.parametrize("policy", sorted(ADVERSARIES))
 def test_no_adversary_solves_a_task_that_needs_tools(served, policy):
     suite, teacher = served
-    tasks = one_per_template(suite.held_out) if policy in TASK_BLIND else suite.held_out
+    tasks = per_template(suite.held_out, TASKS_PER_TEMPLATE.get(policy))
     by_id = {task.id: task for task in tasks}
     episodes = episodes_of(teacher, policy, tasks)
     assert len(episodes) == len(by_id) and sum(t.needs_tools for t in tasks) >= len(tasks) - 6
