@@ -74,11 +74,11 @@ class LoopConfig(Settings):
 
         owned = {"model", "data", "adapter", "seed"} & set(value)
         if owned:
-            raise ValueError(f"[train] cannot set {sorted(owned)}: the loop sets them")
+            raise ValueError(f"cannot set {sorted(owned)}: the loop sets them")
         try:
             TrainConfig.model_validate({**STUDENT_RECIPE, **value})
         except ValidationError as error:
-            raise ValueError(f"[train] {describe(error, TrainConfig)}") from None
+            raise ValueError(describe(error, TrainConfig)) from None
         return value
 
     def teacher_api_key(self) -> str:

@@ -25,9 +25,9 @@ def flywheel(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[train]\nitters = 5\n", "[train] unknown key 'itters'"),
-        ("[train]\nlora_rank = 0\n", "[train] lora_rank: input should be greater than or equal to 1"),
-        ("[train]\nmodel = 'x'\n", "[train] cannot set ['model']"),
+        ("[train]\nitters = 5\n", "train: unknown key 'itters'"),
+        ("[train]\nlora_rank = 0\n", "train: lora_rank: input should be greater than or equal to 1"),
+        ("[train]\nmodel = 'x'\n", "train: cannot set ['model']"),
         ('seed = "1"\n', "seed: input should be a valid integer"),
         ("suite = 'demo'\nteachr = 'x'\n", "unknown key 'teachr'"),
     ],
@@ -44,7 +44,7 @@ def test_bad_settings_stop_before_any_work(tmp_path, text, message):
 
 def test_a_flag_that_breaks_the_recipe_is_refused(tmp_path):
     result = flywheel("--iters", "0", "--root", str(tmp_path))
-    assert result.returncode == 2 and "[train] iters: input should be greater than or equal to 1" in result.stderr
+    assert result.returncode == 2 and "train: iters: input should be greater than or equal to 1" in result.stderr
     assert not any(tmp_path.iterdir())
 
 
