@@ -70,3 +70,23 @@ def test_the_resolved_settings_reload_the_same(tmp_path):
     assert load(LoopConfig, save(config, tmp_path / "resolved.toml")) == config
     with pytest.raises(ConfigError, match="valid integer"):
         config.replace(seed="x")
+
+
+def test_the_teacher_model_is_chosen_never_guessed():
+    """A teacher URL listing several models is refused without --teacher-model (what /v1/models[0] would pick
+    is not a choice); a named model must be listed."""
+    from agent.teacher import MODEL_NAME, Teacher
+    from flywheel.collect import CollectError, teacher_model_name
+
+    with Teacher("demo") as teacher:
+        with pytest.raises(CollectError, match="name the teacher with --teacher-model"):
+            teacher_model_name(teacher.base_url, "x", None)
+        assert teacher_model_name(teacher.base_url, "x", MODEL_NAME) == MODEL_NAME
+        with pytest.raises(CollectError, match="lists no model 'gpt-9'"):
+            teacher_model_name(teacher.base_url, "x", "gpt-9")
+
+
+def test_a_single_local_model_server_needs_no_name(tool_server):
+    from flywheel.collect import teacher_model_name
+
+    assert teacher_model_name(tool_server.base_url, "x", None) in ("default_model", str(tool_server.model))
