@@ -6,7 +6,6 @@ from __future__ import annotations
 from contextlib import ExitStack
 from pathlib import Path
 
-import httpx
 from rich.console import Console
 
 SCRIPTED_TEACHER = "scripted demonstrator"
