@@ -12,7 +12,7 @@ mlx_lm.server returns when the model wrote malformed tool JSON) makes pydantic-a
 in `empty_responses` and `retries`; `retries` counts every retry prompt and resend. Every HTTP request carries
 `X-Flywheel-Session: <session id>` so the recording proxy can group an episode's requests. The number of model
 requests is bounded by `max_steps` and the episode by `timeout`: a looping model ends as a failure, not a hang.
-Sampling is greedy (temperature 0); the OpenAI client does not retry failed requests (max_retries=0), so each
+Sampling is greedy (temperature 0) unless `temperature` is given; the OpenAI client does not retry failed requests (max_retries=0), so each
 model request is one HTTP request.
 
 An episode records each tool call with its arguments and whether it succeeded (`calls`: no tool error, a
@@ -128,6 +128,7 @@ def build_agent(
     request_timeout: float = 120.0,
     http_client=None,
     api_key: str = "flywheel-local",
+    temperature: float = 0.0,
 ) -> Agent:
     """A pydantic-ai Agent that talks to `base_url` (an OpenAI-style …/v1) and acts in `workspace`."""
     headers = {SESSION_HEADER: session_id or uuid.uuid4().hex}
@@ -140,7 +141,7 @@ def build_agent(
         http_client=http_client,
     )
     model = OpenAIChatModel(model_name, provider=OpenAIProvider(openai_client=client))
-    settings = ModelSettings(temperature=0.0)
+    settings = ModelSettings(temperature=temperature)
     if max_tokens is not None:
         settings["max_tokens"] = max_tokens
     return Agent(

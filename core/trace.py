@@ -20,6 +20,8 @@ from typing import Any
 
 import jsonschema
 
+from core.outcomes import OUTCOMES_FILE
+
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).parent / "schemas" / f"trace-record.v{SCHEMA_VERSION}.schema.json"
 SESSION_HEADER = "X-Flywheel-Session"
@@ -154,12 +156,17 @@ class TraceLine:
         return f"{self.path}:{self.line_no}"
 
 
+# JSONL files kept beside the traces that are not trace records.
+SIDE_FILES = frozenset({OUTCOMES_FILE})
+
+
 def trace_files(paths: Iterable[Path | str]) -> list[Path]:
-    """The .jsonl files named by `paths` (files, or directories searched recursively), sorted."""
+    """The .jsonl files named by `paths` (files, or directories searched recursively, side files left out),
+    sorted."""
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found.extend(sorted(path.rglob("*.jsonl")))
+            found.extend(p for p in sorted(path.rglob("*.jsonl")) if p.name not in SIDE_FILES)
         elif path.exists():
             found.append(path)
         else:

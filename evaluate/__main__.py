@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument(
         "--server", help="OpenAI-compatible base URL (…/v1) to evaluate instead of a local model"
     )
+    what.add_argument(
+        "--baseline-adapter",
+        type=Path,
+        help="compare against this adapter of the same model (e.g. the one in use) instead of the base",
+    )
     what.add_argument("--baseline-server", help="base URL of the baseline's endpoint, with --server")
     what.add_argument("--server-model", help=f"model name sent to --server (default: {D.server_model})")
     what.add_argument(

@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         from models.fetch import main as models_main
 
         return models_main(argv[1:])
+    if argv[:1] == ["label"]:
+        from flywheel.label import main as label_main
+
+        return label_main(argv[1:])
     args = build_parser().parse_args(argv)
 
     from rich.console import Console
