@@ -45,6 +45,7 @@ def collect(config, suite, traces_dir: Path, console: Console) -> dict:
     """Run the reference agent on the suite's train tasks against the teacher, through the recording proxy."""
     from agent.episodes import run_episodes
     from agent.teacher import Teacher
+    from core.outcomes import append_outcomes, outcome_record
     from core.trace import read_records
     from proxy import RecordingProxy
 
@@ -68,6 +69,14 @@ def collect(config, suite, traces_dir: Path, console: Console) -> dict:
             api_key=config.teacher_api_key(),
         )
     summary = proxy.summary or {}
+    # each episode's outcome is its task's own end-state check: curate's --require-outcome reads it
+    append_outcomes(
+        traces_dir,
+        [
+            outcome_record(e.session_id, "success" if e.success else "failure", "check", task_id=e.task_id)
+            for e in episodes
+        ],
+    )
     records = list(read_records([traces_dir]))
     agent_requests = sum(e.steps for e in episodes)
     collection = {
