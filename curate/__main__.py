@@ -13,8 +13,11 @@ example:
 writes OUT_DIR/train.jsonl, valid.jsonl, test.jsonl (mlx-lm chat format: {"messages", "tools", "meta"};
 assistant tool calls OpenAI-shaped with arguments as JSON objects), rejects.jsonl (every rejected or
 deduplicated line and sample with its reason and file:line), report.json (the funnel, stage by stage) and
-curate.toml (the resolved settings: --config OUT_DIR/curate.toml repeats the run).
-Exits 1 with a one-line reason when no usable sample remains; 2 on a missing input or a bad setting.
+curate.toml (the resolved settings: --config OUT_DIR/curate.toml repeats the run). Splits are by task:
+samples of one session, of one task (normalised first user message + tool names) or exact duplicates of
+each other share a split, placed by a stable hash of the task and --seed.
+Exits 1 with a one-line reason when no usable sample remains; 2 on a missing input or a bad setting;
+3 when the files written break in = kept + rejected + deduplicated (the line names the stage).
 
 curate.toml keys are Config's field names (an unknown key or a wrongly typed value is refused), e.g.:
   seed = 1
@@ -90,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from curate.config import Config, load_config
     from curate.markers import load_markers_file
     from curate.pipeline import run
+    from curate.verify import AccountingError
 
     try:
         config = load_config(
@@ -102,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             extra = {**config.extra_markers, **load_markers_file(args.markers_file)}
             config = config.replace(extra_markers=extra)
         report = run(inputs, out_dir, config)
+    except AccountingError as error:
+        print(f"curate: {error}", file=sys.stderr)
+        return 3
     except (FileNotFoundError, ValueError, OSError) as error:
         print(f"curate: {error}", file=sys.stderr)
         return 2

@@ -58,6 +58,14 @@ class Config(Settings):
             raise ValueError("split: the train fraction must be > 0")
         return split
 
+    @field_validator("model")
+    @classmethod
+    def _model_directory(cls, model: Path | None) -> Path | None:
+        # a path that is not a directory would make mlx-lm try the model hub
+        if model is not None and not model.expanduser().is_dir():
+            raise ValueError(f"{model} is not a model directory")
+        return model.expanduser() if model is not None else None
+
     @field_validator("markers", "extra_markers")
     @classmethod
     def _markers_compile(cls, patterns: dict[str, str]) -> dict[str, str]:

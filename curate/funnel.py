@@ -55,6 +55,7 @@ class Accounting:
     stages: list[dict[str, Any]]
     removed_samples: pl.DataFrame  # sid, reason, detail, stage, fate + the sample's columns
     rejects: pl.DataFrame  # `line`: the rejects.jsonl lines, exchanges by x then samples by sid
+    verified: dict[str, Any] = field(default_factory=dict)  # the identities read back from the files
 
 
 def counts(frame: pl.DataFrame, column: str) -> dict[str, int]:

@@ -49,6 +49,18 @@ def sample_meta() -> pl.Expr:
     ).struct.json_encode()
 
 
+# The head of a written line read back from its meta (the key order of sample_meta). Anchored at the end,
+# it can only match the meta object: inside messages every quote of a string is escaped.
+_META_HEAD = (
+    r'"head":("(?:[^"\\]|\\.)*"),"source":(?:null|"(?:[^"\\]|\\.)*"),"turn":\d+,"kind":"[a-z_]+"\}\}$'
+)
+
+
+def head_of_line(line: pl.Expr) -> pl.Expr:
+    """The head ("file:line", JSON-quoted) a written sample line says it comes from; null if unreadable."""
+    return line.str.extract(_META_HEAD, 1)
+
+
 def sample_lines(
     candidates: pl.DataFrame,
     messages: pl.DataFrame,

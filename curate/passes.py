@@ -35,6 +35,7 @@ from curate.read import (
     read_batches,
     read_lines_at,
 )
+from curate.split import task_key
 from curate.textcalls import convert_text_calls
 from curate.turns import SAMPLE_FIELDS, build_samples
 from curate.validity import call_outcomes, call_validity
@@ -202,6 +203,7 @@ SAMPLE_SCHEMA = {
     "exact_key": pl.UInt64,
     "near_key": pl.UInt64,
     "intent_key": pl.UInt64,
+    "task_key": pl.UInt64,
     "intent": pl.String,
     "target": pl.String,
 }
@@ -209,7 +211,8 @@ TEXT_CALL_COUNTS = {"tt_format": pl.String, "tt_status": pl.String, "len": pl.UI
 
 
 def sample_keys() -> dict[str, pl.Expr]:
-    """Sample id, trajectory and the dedupe/split keys of each sample (after build_samples)."""
+    """Sample id, trajectory and the dedupe/split keys of each sample (after build_samples; task_key, the
+    one key kept across runs, is a stable hash: curate.split)."""
     return {
         "sid": pl.col("x") * SID_SHIFT + pl.col("pos"),
         "traj": pl.when(pl.col("session_id").is_not_null())
@@ -236,7 +239,7 @@ def batch_samples(frames: dict[str, pl.DataFrame], heads: pl.DataFrame, sources:
     calls = call_outcomes(calls, messages, config.retry_prompt_pattern, config.tool_error_pattern)
     tools_hash = frames["exchanges"].lazy().select("x", tools_hash=pl.col("tools_json").hash(seed=k.TOOLS))
     samples = (
-        build_samples(messages, calls, sources.join(heads.select("x"), on="x"), config)
+        task_key(build_samples(messages, calls, sources.join(heads.select("x"), on="x"), config), tools)
         .lazy()
         .join(tools_hash, on="x", maintain_order="left")
         .join(heads.lazy().select("x", "session_id"), on="x", maintain_order="left")

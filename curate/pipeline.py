@@ -8,7 +8,7 @@ The steps, in order (each a function below; stage numbers as in the report):
   model check  optional: round trip through the model's template and parser (9)       curate.modelcheck
   split        connected sessions / duplicate clusters to train/valid/test (8)        curate.split
   write        split files, rejects.jsonl, the resolved settings                      curate.lines
-  account      the identities and the report                                          curate.funnel, curate.report
+  account      the identities, checked against the files written; the report     curate.funnel, .verify, .report
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from curate import split as splitting
 from curate import stitch
 from curate.config import Config, save_config
 from curate.dedupe import dedupe
-from curate.funnel import Exchanges, Samples, account
+from curate.funnel import Accounting, Exchanges, Samples, account
 from curate.lines import write_lines, write_splits
 from curate.passes import Pass1, Pass2, pass1, pass2
 from curate.reasons import Outcome, partition
 from curate.report import Report, Statistics, build_report
+from curate.verify import AccountingError, verify
 
 
 class Clock:
@@ -57,7 +58,8 @@ class Clock:
 def run(inputs, out_dir, config: Config | None = None) -> Report:
     """Curate trace files/directories `inputs` into `out_dir` (train/valid/test.jsonl, rejects.jsonl,
     report.json, curate.toml). Never raises on bad trace content; raises FileNotFoundError for missing
-    inputs."""
+    inputs and AccountingError (after writing report.json) when the files break `in = kept + rejected +
+    deduplicated`."""
     config = (config or Config()).check()
     inputs = [inputs] if isinstance(inputs, str | Path) else list(inputs)
     out_dir = Path(out_dir)
@@ -91,34 +93,41 @@ def trajectories(first: Pass1) -> tuple[Exchanges, pl.DataFrame]:
     return exchanges, sources
 
 
-def check_with_model(
-    kept: pl.DataFrame, spill_files: list[Path], config: Config
-) -> tuple[Outcome, dict | None]:
+NOTHING_REMOVED = pl.DataFrame(schema={"sid": pl.Int64, "reason": pl.String, "detail": pl.String})
+
+
+def check_with_model(kept: pl.DataFrame, spill: list[Path], config: Config) -> tuple[Outcome, dict | None]:
     """Stage 9, with config.model: render every sample still kept through the model's own template."""
     if not config.model:
-        return Outcome(
-            kept=kept,
-            removed=pl.DataFrame(schema={"sid": pl.Int64, "reason": pl.String, "detail": pl.String}),
-        ), None
+        return Outcome(kept, NOTHING_REMOVED), None
     from curate.modelcheck import check_samples
 
-    lines = (
-        pl.scan_parquet(spill_files)
-        .join(kept.lazy().select("sid"), on="sid", maintain_order="left")
-        .collect()
-    )
-    removed, summary = check_samples(lines, config)
-    return Outcome(
-        kept=kept.join(removed, on="sid", how="anti", maintain_order="left"), removed=removed
-    ), summary
+    chosen = kept.lazy().select("sid")
+    no_lines = chosen.with_columns(line=pl.lit(""))
+    lines = pl.scan_parquet(spill).join(chosen, on="sid", maintain_order="left") if spill else no_lines
+    removed, summary = check_samples(lines.collect(), config)
+    return Outcome(kept.join(removed, on="sid", how="anti", maintain_order="left"), removed), summary
 
 
-def split_samples(kept: pl.DataFrame, config: Config) -> tuple[pl.DataFrame, list[str]]:
-    """Stage 8: components of linked samples, then whole components to train/valid/test."""
+def split_samples(
+    candidates: pl.DataFrame, kept: pl.DataFrame, config: Config
+) -> tuple[pl.DataFrame, list[str]]:
+    """Stage 8: components of linked samples (every candidate, duplicates included), then whole components
+    to train/valid/test."""
     if not kept.height:
         return kept.with_columns(component=pl.lit(0, dtype=pl.Int64), split=pl.lit("", dtype=pl.String)), []
-    link = ["traj", "near_key"] + (["intent_key"] if config.split_by_intent else [])
-    return splitting.assign_splits(splitting.components(kept, link), config.split, config.seed)
+    written_links = splitting.WRITTEN_LINKS + (["intent_key"] if config.split_by_intent else [])
+    linked = splitting.linked_samples(candidates, kept, written_links)
+    return splitting.assign_splits(linked, kept, config.split, config.seed)
+
+
+def write_and_verify(out_dir: Path, config: Config, exchanges: Exchanges, samples: Samples) -> Accounting:
+    """rejects.jsonl and the resolved settings beside the split files, then the identities from the files."""
+    accounting = account(exchanges, samples)
+    write_lines(accounting.rejects.lazy(), out_dir / "rejects.jsonl")
+    save_config(config, out_dir)
+    accounting.verified = verify(out_dir, exchanges, samples)
+    return accounting
 
 
 def _run(files: list[Path], out_dir: Path, tmp: Path, config: Config) -> Report:
@@ -137,15 +146,16 @@ def _run(files: list[Path], out_dir: Path, tmp: Path, config: Config) -> Report:
     with clock.step("model_check"):
         checked, model_summary = check_with_model(deduped.kept, second.spill_files, config)
     with clock.step("split_write"):
-        kept, notes = split_samples(checked.kept, config)
+        kept, notes = split_samples(turns.kept, checked.kept, config)
         written = write_splits(kept, second.spill_files, out_dir)
     samples = Samples(second.samples, turns, deduped, checked, kept, notes)
+    with clock.step("account_verify"):
+        accounting = write_and_verify(out_dir, config, exchanges, samples)
     with clock.step("report"):
-        accounting = account(exchanges, samples)
-        write_lines(accounting.rejects.lazy(), out_dir / "rejects.jsonl")
-        save_config(config, out_dir)
         stats = Statistics(second.marker_matches, second.marker_messages, second.text_calls, model_summary)
         report = build_report(config, files, out_dir, exchanges, samples, accounting, stats, written)
     report.data["timings_s"] = clock.rounded()
     report.write(out_dir)
+    if broken := accounting.verified["broken"]:
+        raise AccountingError(broken)
     return report

@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 
 from curate import reasons as r
-from curate.config import Config
+from curate.config import SAVED_AS, Config
 from curate.funnel import Accounting, Exchanges, Samples, counts
 
 UNITS = {
@@ -146,6 +146,8 @@ def build_report(
         "model_check": stats.model_check,
         "split": split_section(sm, config, written),
         "rejects_file": str(Path(out_dir) / "rejects.jsonl"),
+        "config_file": str(Path(out_dir) / SAVED_AS),
+        "verified_from_files": acc.verified,
         "reasons": r.described(
             [
                 *acc.exchanges["rejected_by_reason"],
@@ -234,8 +236,10 @@ def split_section(sm: Samples, config: Config, written: dict[str, str]) -> dict[
     return {
         **{k: split_counts.get(k, 0) for k in ("train", "valid", "test")},
         "components": int(sm.split.get_column("component").n_unique()) if sm.split.height else 0,
-        "grouped_by": ["session (or trajectory head)", "near-duplicate cluster"]
+        "grouped_by": ["task (first user message + tool set)", "session (or trajectory head)"]
+        + ["exact or near-duplicate cluster (duplicates included)"]
         + (["intent"] if config.split_by_intent else []),
+        "order": "stable hash (blake2b) of each group's task and the seed",
         "notes": sm.notes,
         "files": written,
     }

@@ -28,6 +28,7 @@ SAMPLE_COLUMNS = {
     **SAMPLE_FIELDS,
     "key": pl.UInt64,
     "intent_norm": pl.String,
+    "task_text": pl.String,
     "near_target": pl.UInt64,
     "target": pl.String,
 }
@@ -116,6 +117,7 @@ def conversation_context() -> dict[str, pl.Expr]:
         "non_text_before": (pl.col("content_kind") == "non_text_parts").cast(pl.Int32).cum_sum().over("x")
         > 0,
         "intent": pl.when(user).then(pl.col("content")).forward_fill().over("x"),
+        "first_user": pl.col("content").filter(user).first().over("x"),
         "next_role": pl.col("role").shift(-1).over("x"),
         "next_content": pl.col("content").shift(-1).over("x"),
     }
@@ -153,6 +155,7 @@ def build_samples(
         .with_columns(
             outcome=turn_outcome(config),
             intent_norm=k.normalise_intent(pl.col("intent").fill_null("")),
+            task_text=k.normalise_intent(pl.col("first_user").fill_null("")),
             near_target=near_target(),
             target=readable_target(),
         )

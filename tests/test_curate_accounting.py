@@ -167,3 +167,85 @@ def test_flags_override_the_file_and_markers_file_adds_to_it(tmp_path):
     assert saved.seed == 9 and saved.include_final_answers is False and saved.progress is False
     assert saved.extra_markers == {"batch": r"\[batch \d+\]", "markers.txt:1": r"(?i)\bplease\b"}
     assert [s["meta"]["kind"] for s in read_jsonl(tmp_path / "out" / "train.jsonl")] == ["tool_call"]
+
+
+# ------------------------------------------------------------------------------------------------ the files
+
+
+def test_the_identities_are_read_back_from_the_files(tmp_path):
+    report, samples, rejects = run_curate(tmp_path, varied_records())
+    verified = report.data["verified_from_files"]
+    assert verified["holds"] and verified["broken"] is None
+    ex, sm = verified["exchanges"], verified["samples"]
+    assert sm["kept"] == len(samples) and sm["rejected"] + sm["deduplicated"] == sum(
+        r["unit"] == "sample" for r in rejects
+    )
+    assert ex["kept"] == len({s["meta"]["head"] for s in samples})
+    assert ex["rejected"] + ex["deduplicated"] == sum(r["unit"] == "exchange" for r in rejects)
+    for unit in ("exchanges", "samples"):
+        figures = {k: report.data[unit][k] for k in ("in", "kept", "rejected", "deduplicated")}
+        assert {k: verified[unit][k] for k in figures} == figures
+
+
+def _lose_a_reject(outcome):
+    """A stage that forgets to record one of the rows it removed (the bug the check exists for)."""
+    return type(outcome)(kept=outcome.kept, removed=outcome.removed.head(-1))
+
+
+def _drop_first_validation_reject(original):
+    def pass1(*args, **kwargs):
+        first = original(*args, **kwargs)
+        first.rejects = first.rejects.head(-1)
+        return first
+
+    return pass1
+
+
+def _stitch_loses_a_prefix(original):
+    def stitch(*args, **kwargs):
+        outcome, frame = original(*args, **kwargs)
+        return _lose_a_reject(outcome), frame
+
+    return stitch
+
+
+def _dedupe_loses_a_duplicate(original):
+    return lambda *args, **kwargs: _lose_a_reject(original(*args, **kwargs))
+
+
+def _a_train_line_is_lost(original):
+    def write_splits(kept, spill_files, out_dir):
+        written = original(kept, spill_files, out_dir)
+        path = out_dir / "train.jsonl"
+        path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+        return written
+
+    return write_splits
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "fault", "stage"),
+    [
+        ("curate.pipeline", "pass1", _drop_first_validation_reject, "1 validate"),
+        ("curate.stitch", "stitch", _stitch_loses_a_prefix, "2 stitch"),
+        ("curate.pipeline", "dedupe", _dedupe_loses_a_duplicate, "7 dedupe"),
+        ("curate.pipeline", "write_splits", _a_train_line_is_lost, "8 split"),
+    ],
+)
+def test_a_broken_identity_fails_the_run_naming_the_stage(
+    tmp_path, monkeypatch, capsys, module, name, fault, stage
+):
+    import importlib
+
+    from curate.__main__ import main
+
+    target = importlib.import_module(module)
+    monkeypatch.setattr(target, name, fault(getattr(target, name)))
+    traces = write_lines(tmp_path / "traces" / "a.jsonl", varied_records())
+    code = main([str(traces), str(tmp_path / "out"), "--quiet"])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and line.startswith(f"curate: accounting broken at stage {stage}:"), line
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["verified_from_files"]["holds"] is False
+    with pytest.raises(curate.AccountingError, match=f"stage {stage}:"):
+        curate.run([traces], tmp_path / "again", Config(progress=False))
