@@ -79,15 +79,15 @@ class Report:
             removed = ", ".join(f"{k}: {v}" for k, v in stage.get("removed", {}).items()) or "-"
             table.add_row(stage["name"], str(stage["in"]), str(stage["out"]), removed)
         console.print(table)
-        ex, sm = d["exchanges"], d["samples"]
-        console.print(
-            f"exchanges: {ex['in']} in = {ex['kept']} kept + {ex['rejected']} rejected + {ex['deduplicated']} deduplicated"
-            f" [{'green' if ex['identity_holds'] else 'red'}]({'holds' if ex['identity_holds'] else 'BROKEN'})[/]"
-        )
-        console.print(
-            f"samples:   {sm['in']} in = {sm['kept']} kept + {sm['rejected']} rejected + {sm['deduplicated']} deduplicated"
-            f" [{'green' if sm['identity_holds'] else 'red'}]({'holds' if sm['identity_holds'] else 'BROKEN'})[/]"
-        )
+        files = d.get("verified_from_files", {})
+        for label, unit in (("exchanges", "exchanges"), ("samples:  ", "samples")):
+            n = d[unit]
+            holds = n["identity_holds"] and files.get(unit, {}).get("holds", False)
+            verdict = "[green](holds in the files written)[/]" if holds else "[red](BROKEN)[/]"
+            console.print(
+                f"{label} {n['in']} in = {n['kept']} kept + {n['rejected']} rejected + "
+                f"{n['deduplicated']} deduplicated {verdict}"
+            )
         sp = d["split"]
         console.print(
             f"written: train {sp['train']}, valid {sp['valid']}, test {sp['test']} → {d['out_dir']}"
