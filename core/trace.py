@@ -65,6 +65,17 @@ def _json_path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "(record)"
 
 
+def policy_name(record: dict[str, Any]) -> str | None:
+    """The name a record's answering policy goes by: its label, else its adapter, else its model path, else the
+    model the upstream named (records from before policies were recorded have only that)."""
+    policy = record.get("policy") or {}
+    for key in ("label", "adapter_path", "model_path", "served_model"):
+        if policy.get(key):
+            return policy[key]
+    response = record.get("response")
+    return response.get("model") if isinstance(response, dict) else None
+
+
 def utc_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

@@ -61,6 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         help="with --model: drop samples longer than this many tokens (default 2048)",
     )
     parser.add_argument("--seed", type=int, help="split seed (default 0)")
+    parser.add_argument(
+        "--require-outcome",
+        choices=("success", "failure"),
+        help="keep only sessions whose outcome (traces' outcomes.jsonl: task checks, feedback, labels) is this",
+    )
+    parser.add_argument(
+        "--answered-by", help="keep only exchanges answered by this policy (its label, adapter or model)"
+    )
     parser.add_argument("--split", type=parse_split, help="train,valid,test fractions (default 0.8,0.1,0.1)")
     parser.add_argument(
         "--keep-failed",

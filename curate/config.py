@@ -19,6 +19,10 @@ SAVED_AS = "curate.toml"
 class Config(Settings):
     seed: int = 0
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    # stage 1b: learn only from the traffic of one policy (core.trace.policy_name), and only from sessions
+    # whose recorded outcome (core.outcomes, beside the traces) is this one
+    answered_by: str | None = None
+    require_outcome: Literal["success", "failure"] | None = None
     # stage 3: also make a sample of each final answer (assistant text without tool calls)
     include_final_answers: bool = True
     # stage 4: named regexes stripped from user/system text; extra_markers are added to these

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
+from core.outcomes import read_outcomes
 from core.trace import trace_files
 from curate import split as splitting
 from curate import stitch
@@ -68,17 +69,48 @@ def run(inputs, out_dir, config: Config | None = None) -> Report:
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".curate-", dir=out_dir))
     try:
-        return _run(files, out_dir, tmp, config)
+        return _run(files, out_dir, tmp, config, outcome_frame(inputs))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def trajectories(first: Pass1) -> tuple[Exchanges, pl.DataFrame]:
-    """Stages 1b and 2 over the compact rows of pass 1; also the source exchange of each head's turns."""
-    usable = stitch.usable_exchanges(first.summary)
+def outcome_frame(inputs: list) -> pl.DataFrame:
+    """session_id → the outcome that stands (core.outcomes), from the outcomes files among the inputs."""
+    standing = read_outcomes(inputs)
+    return pl.DataFrame(
+        {"session_id": list(standing), "outcome": [o["outcome"] for o in standing.values()]},
+        schema={"session_id": pl.String, "outcome": pl.String},
+    )
+
+
+def policies_and_outcomes(summary: pl.DataFrame, outcomes: pl.DataFrame) -> dict:
+    """Exchanges (and sessions) by the policy that answered them and by their session's outcome, with how many
+    of them passed stage 1b: the funnel's view of whose traffic is learned from."""
+    frame = summary.join(outcomes, on="session_id", how="left").with_columns(
+        usable=pl.col("policy").is_null(),
+        answered_by=pl.col("answered_by").fill_null("(unknown)"),
+        outcome=pl.col("outcome").fill_null("(none)"),
+    )
+
+    def by(column: str) -> dict:
+        rows = frame.group_by(column).agg(
+            exchanges=pl.len(), usable=pl.col("usable").sum(), sessions=pl.col("session_id").n_unique()
+        )
+        return {
+            row[column]: {k: row[k] for k in ("exchanges", "usable", "sessions")}
+            for row in rows.sort(column).iter_rows(named=True)
+        }
+
+    return {"by_policy": by("answered_by"), "by_outcome": by("outcome")}
+
+
+def trajectories(first: Pass1, summary: pl.DataFrame) -> tuple[Exchanges, pl.DataFrame]:
+    """Stages 1b and 2 over the compact rows of pass 1 (`summary`: with whose traffic is wanted applied);
+    also the source exchange of each head's turns."""
+    usable = stitch.usable_exchanges(summary)
     stitched, frame = stitch.stitch(usable.kept, first.keys, first.where)
     heads = stitched.kept
-    sources = stitch.turn_sources(first.summary, first.keys, heads)
+    sources = stitch.turn_sources(summary, first.keys, heads)
     exchanges = Exchanges(
         where=first.where,
         validate=Outcome(kept=first.summary, removed=first.rejects),
@@ -130,13 +162,15 @@ def write_and_verify(out_dir: Path, config: Config, exchanges: Exchanges, sample
     return accounting
 
 
-def _run(files: list[Path], out_dir: Path, tmp: Path, config: Config) -> Report:
+def _run(files: list[Path], out_dir: Path, tmp: Path, config: Config, outcomes: pl.DataFrame) -> Report:
     clock = Clock()
     with clock.step("pass1_total"):
         first = pass1(files, config)
     clock.seconds["pass1_parse_validate_hash_cpu"] = first.worker_seconds
     with clock.step("stitch"):
-        exchanges, sources = trajectories(first)
+        summary = stitch.outcome_policy(first.summary, outcomes, config)
+        exchanges, sources = trajectories(first, summary)
+    whose = policies_and_outcomes(summary, outcomes)
     del first
     with clock.step("pass2_samples"):
         second: Pass2 = pass2(files, exchanges.stitch.kept, sources, exchanges.where, config, tmp)
@@ -154,6 +188,7 @@ def _run(files: list[Path], out_dir: Path, tmp: Path, config: Config) -> Report:
     with clock.step("report"):
         stats = Statistics(second.marker_matches, second.marker_messages, second.text_calls, model_summary)
         report = build_report(config, files, out_dir, exchanges, samples, accounting, stats, written)
+    report.data.update(whose)
     report.data["timings_s"] = clock.rounded()
     report.write(out_dir)
     if broken := accounting.verified["broken"]:

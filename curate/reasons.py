@@ -66,6 +66,9 @@ MEANINGS: dict[str, dict[str, str]] = {
         "tool_calls_missing": "the server dropped a malformed tool call",
         "truncated": "the answer stopped at the length limit",
         "no_messages": "the conversation has no messages",
+        "other_policy": "answered by another policy than answered_by",
+        "outcome_missing": "require_outcome: the session has no recorded outcome",
+        "outcome_not_required": "require_outcome: the session's outcome is not the required one",
     },
     STITCH: {
         "prefix_of_longer_exchange": "contained in a longer exchange",

@@ -88,6 +88,14 @@ class Report:
                 f"{label} {n['in']} in = {n['kept']} kept + {n['rejected']} rejected + "
                 f"{n['deduplicated']} deduplicated {verdict}"
             )
+        for key, title in (("by_policy", "answered by"), ("by_outcome", "session outcome")):
+            groups = d.get(key) or {}
+            if len(groups) > 1 or (key == "by_outcome" and set(groups) != {"(none)"}):
+                shown = "; ".join(
+                    f"{name}: {g['usable']}/{g['exchanges']} exchanges usable, {g['sessions']} sessions"
+                    for name, g in groups.items()
+                )
+                console.print(f"{title}: {shown}", markup=False)
         sp = d["split"]
         console.print(
             f"written: train {sp['train']}, valid {sp['valid']}, test {sp['test']} → {d['out_dir']}"

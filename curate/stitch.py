@@ -17,6 +17,7 @@ SUMMARY_SCHEMA = {
     "n": pl.Int64,
     "full_key": pl.UInt64,
     "has_response": pl.Boolean,
+    "answered_by": pl.String,
     "policy": pl.String,
 }
 
@@ -60,6 +61,27 @@ def exchange_summary(exchanges: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFram
         )
         .select(*SUMMARY_SCHEMA)
         .collect()
+    )
+
+
+def outcome_policy(summary: pl.DataFrame, outcomes: pl.DataFrame, config: Config) -> pl.DataFrame:
+    """Stage 1b, the settings that choose whose traffic to learn from: `answered_by` keeps exchanges answered
+    by that policy; `require_outcome` keeps sessions whose outcome (core.outcomes) is that one."""
+    rules: list[tuple[str, pl.Expr]] = []
+    if config.answered_by is not None:
+        rules.append(("other_policy", pl.col("answered_by").fill_null("") != config.answered_by))
+    if config.require_outcome is not None:
+        rules.append(("outcome_missing", pl.col("outcome").is_null()))
+        rules.append(("outcome_not_required", pl.col("outcome") != config.require_outcome))
+    if not rules:
+        return summary
+    reason = pl.col("policy")
+    for name, condition in reversed(rules):
+        reason = pl.when(pl.col("policy").is_null() & condition).then(code(name)).otherwise(reason)
+    return (
+        summary.join(outcomes, on="session_id", how="left", maintain_order="left")
+        .with_columns(policy=reason)
+        .drop("outcome")
     )
 
 

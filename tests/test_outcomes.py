@@ -105,3 +105,73 @@ def test_label_refuses_an_unknown_session_in_one_line(tmp_path):
     assert not (tmp_path / OUTCOMES_FILE).exists()
     lines = [json.loads(line) for line in (tmp_path / next(iter(p.name for p in tmp_path.iterdir()))).open()]
     assert lines[0]["session_id"] == "s1"
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    """Real traces: the scripted teacher solves one train task per template through the real proxy and agent;
+    collect writes each episode's check as its outcome."""
+    import dataclasses
+
+    from rich.console import Console
+
+    from agent.tasks import load_suite
+    from flywheel.collect import collect
+    from flywheel.loop import LoopConfig
+
+    suite = load_suite("demo")
+    tasks = list({task.template: task for task in suite.train}.values())
+    traces = tmp_path_factory.mktemp("outcomes") / "traces"
+    collect(LoopConfig(), dataclasses.replace(suite, train=tasks), traces, Console(stderr=True))
+    return traces
+
+
+def curate_cli(*args) -> tuple[int, dict]:
+    out = Path(args[1])
+    result = subprocess.run(
+        [sys.executable, "-m", "curate", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
+    return result.returncode, report
+
+
+def test_curate_keeps_only_the_sessions_with_the_required_outcome(collected, tmp_path):
+    checks = read_outcomes([collected])
+    assert checks and all(o["source"] == "check" and o["outcome"] == "success" for o in checks.values())
+    sessions = sorted(checks)
+    # the user disagrees with one task's check, and one session's outcome is lost
+    assert (
+        label(sessions[0], "failure", "--note", "not what I asked", "--traces", str(collected)).returncode
+        == 0
+    )
+    code, everything = curate_cli(collected, tmp_path / "all")
+    assert code == 0
+    code, report = curate_cli(collected, tmp_path / "ok", "--require-outcome", "success")
+    assert code == 0
+    removed = next(s for s in report["stages"] if s["name"] == "1b exchange policy")["removed"]
+    failed_session_exchanges = report["by_outcome"]["failure"]["exchanges"]
+    assert removed == {"outcome_not_required": failed_session_exchanges} and failed_session_exchanges > 0
+    assert report["by_outcome"]["success"]["sessions"] == len(sessions) - 1
+    assert report["samples"]["kept"] < everything["samples"]["kept"]
+    kept_sessions = {
+        json.loads(line)["meta"]["session_id"]
+        for split in (tmp_path / "ok").glob("*.jsonl")
+        if split.name != "rejects.jsonl"
+        for line in split.open()
+    }
+    assert sessions[0] not in kept_sessions and kept_sessions <= set(sessions)
+    rejects = [json.loads(line) for line in (tmp_path / "ok" / "rejects.jsonl").open()]
+    assert {r["reason"] for r in rejects if r["stage"] == "1b exchange policy"} == {"outcome_not_required"}
+
+
+def test_curate_by_policy(collected, tmp_path):
+    code, report = curate_cli(collected, tmp_path / "p", "--answered-by", "nobody")
+    assert code == 1  # nothing usable: every exchange was answered by the teacher
+    (name,) = report["by_policy"]
+    assert name.startswith("flywheel-scripted-demonstrator")
+    code, report = curate_cli(collected, tmp_path / "q", "--answered-by", name)
+    assert code == 0 and report["by_policy"][name]["usable"] == report["by_policy"][name]["exchanges"]
