@@ -1,7 +1,7 @@
 """What the recording proxy adds to each request: the same requests direct vs through `python -m proxy`.
 
-A fast scripted OpenAI-compatible upstream (proxy/scripted_upstream.py, its own process) answers in
-well under a millisecond, so the proxy's cost is not drowned by model time. One run measures, direct and
+A fast scripted OpenAI-compatible upstream (proxy/scripted_upstream.py, its own managed process) answers
+in well under a millisecond, so the proxy's cost is not drowned by model time. One run measures, direct and
 proxied: non-stream latency p50/p99, streamed time to first chunk p50/p99, requests/s at concurrency
 1, 8 and 64, and counts the records of 64 concurrent streams (must be all of them). Optionally one row
 against a real `mlx_lm server` with the tiny random model. The client is a minimal asyncio HTTP/1.1
@@ -35,6 +35,7 @@ try:
 except ImportError:
     pass
 
+from core.process import ManagedProcess, python_command  # noqa: E402
 from core.trace import SESSION_HEADER, read_trace_lines  # noqa: E402
 from proxy import RecordingProxy  # noqa: E402
 
@@ -191,14 +192,10 @@ def cpu_seconds(pid: int) -> float | None:
     return own + sum(cpu_seconds(child) or 0.0 for child in children)
 
 
-def start_upstream() -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "proxy.scripted_upstream", "--port", "0"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    return process, json.loads(process.stdout.readline())["url"]
+def start_upstream() -> tuple[ManagedProcess, str]:
+    """The scripted upstream in its own process (so it does not share the client's or the proxy's GIL)."""
+    process = ManagedProcess(python_command("proxy.scripted_upstream", "--port", "0"), ready_event="listening")
+    return process.start(), process.url
 
 
 def port_of(url: str) -> int:
@@ -383,8 +380,7 @@ def main() -> None:
         }
         results["proxy_summary"] = summary
     finally:
-        upstream.terminate()
-        upstream.wait()
+        upstream.stop()
     if not args.no_mlx:
         try:
             results["mlx_server"] = mlx_row(15 if args.quick else 40)

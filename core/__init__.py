@@ -4,7 +4,8 @@
     core.toolcalls  tool calls as a model writes them, parsed with the model's own mlx-lm parser
     core.scoring    the verdict on one generated turn against its reference (the table of verdict codes)
     core.turns      generate held-out turns (in-process or through a server) and score them
-    core.process    the managed subprocess (mlx_lm server, the proxy, test servers)
+    core.process    the managed subprocess: every server child (mlx_lm server, the proxy, module servers)
+    core.scripted   the scripted OpenAI-compatible server (teacher policies, proxy fault scripts plug in)
     core.blas       the fast BLAS for MLX on a Linux CPU
 
 Importing `core` arranges for `core.blas.ensure_fast_blas()` to run just before the first `import mlx` of the
