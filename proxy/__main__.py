@@ -21,7 +21,13 @@ example:
 Every POST /v1/chat/completions becomes one line of traces/<start time>Z-<pid>.jsonl (schema:
 core/schemas/trace-record.v1.schema.json), streamed or not; other paths are forwarded unrecorded.
 Secrets in messages are replaced by [REDACTED:<kind>]; request headers are not stored, except
-X-Flywheel-Session (the session id). Ctrl-C prints a one-line summary.
+X-Flywheel-Session (the session id).
+
+Ctrl-C (or SIGTERM, or closing the terminal) stops taking traffic, writes every finished exchange
+(those still in flight are recorded as incomplete) and prints a one-line summary whose counts are what
+the trace file holds. Ctrl-C again exits at once: what was not written yet is abandoned and counted.
+An exchange that cannot be recorded (full disk, ...) is listed, with its reason, in
+<trace file>.losses.ndjson beside the trace file, and counted in the summary.
 """
 
 
@@ -55,16 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def summary_line(stats: dict, trace_file: Path, seconds: float) -> str:
-    return (
+    line = (
         f"proxy stopped after {seconds:.0f}s: {stats['recorded']} exchanges recorded "
         f"({stats['streamed']} streamed), {stats['errors']} with errors, {stats['passed_through']} passed through"
-        + (
-            f", {stats['recording_failures']} NOT RECORDED (write failures)"
-            if stats["recording_failures"]
-            else ""
-        )
-        + f" -> {trace_file}"
     )
+    if stats["recording_failures"]:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(stats["losses"].items()))
+        line += f", {stats['recording_failures']} NOT RECORDED ({reasons}; listed in {stats['loss_file']})"
+    if stats["abandoned"]:
+        line += f"; a second Ctrl-C abandoned {stats['abandoned']}"
+    return line + f" -> {trace_file}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,11 +116,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     seconds = time.monotonic() - started
     trace_file = Path(where.get("trace_file", args.trace_file or args.traces))
-    if args.json:
-        print(json.dumps({"event": "stopped", "seconds": round(seconds, 3), **stats, **where}), flush=True)
-    else:
-        print(summary_line(stats, trace_file, seconds), flush=True)
-    return 0
+    try:  # after SIGHUP the terminal may be gone
+        if args.json:
+            print(
+                json.dumps({"event": "stopped", "seconds": round(seconds, 3), **stats, **where}), flush=True
+            )
+        else:
+            print(summary_line(stats, trace_file, seconds), flush=True)
+    except OSError:
+        pass
+    return 130 if stats["abandoned"] else 0
 
 
 if __name__ == "__main__":

@@ -4,14 +4,15 @@ Hooks run on mitmproxy's event loop and only take references (request bytes, res
 timestamps) into an `Exchange` kept on `flow.metadata`; finished exchanges go to the recorder process
 (recorder.py), which builds the trace records and appends them. Forwarding never waits for recording:
 hooks catch everything, the SSE tee only appends a reference, and a slow disk, a full disk or a crashed
-recorder only delays or loses records, never traffic.
+recorder only delays records or makes counted losses, never touches traffic.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mitmproxy import http
@@ -29,34 +30,44 @@ METADATA_KEY = "flywheel"
 @dataclass
 class Stats:
     recorded: int = 0  # records written
-    streamed: int = 0  # of which the response was an SSE stream
+    streamed: int = 0  # of which the request asked for a stream
     errors: int = 0  # of which the record carries an error
     passed_through: int = 0  # requests to other paths, forwarded unrecorded
-    recording_failures: int = 0  # records that could not be written (the traffic still passed)
+    recording_failures: int = 0  # exchanges seen but not recorded (counted losses; the traffic still passed)
+    losses: dict[str, int] = field(default_factory=dict)  # recording_failures by reason
+    loss_file: str | None = None  # where each loss is listed (id, time, reason, session_id)
+    abandoned: int = 0  # of the losses: left unwritten by a second Ctrl-C
+    recorder_restarts: int = 0
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict:
         return dict(self.__dict__)
 
 
 class Recorder:
     """mitmproxy addon: every POST /v1/chat/completions becomes one trace record; other paths pass."""
 
-    def __init__(self, upstream: str, trace_file: Path, fsync: bool = False):
+    def __init__(self, upstream: str, trace_file: Path, fsync: bool = False, loss_file: Path | None = None):
         self.upstream = upstream
         self.stats = Stats()
-        self.records = RecordWriter(trace_file, fsync=fsync)
+        self.records = RecordWriter(trace_file, fsync=fsync, loss_file=loss_file)
         self.in_flight: dict[str, Exchange] = {}
+        self.stopping = False  # set by the first stop signal: new chat requests are refused, not forwarded
 
     @property
     def trace_file(self) -> Path:
         return self.records.path
 
     def request(self, flow: http.HTTPFlow) -> None:
+        recorded = False
         try:
             request = flow.request
             path = request.path.split("?", 1)[0]
             if request.method != "POST" or path not in RECORDED_PATHS:
                 self.stats.passed_through += 1
+                return
+            recorded = True
+            if self.stopping:  # a request that would arrive after the summary: refuse it rather than lose it
+                flow.kill()
                 return
             exchange = Exchange(
                 upstream=self.upstream,
@@ -67,8 +78,14 @@ class Recorder:
             )
             flow.metadata[METADATA_KEY] = exchange
             self.in_flight[exchange.id] = exchange
-        except Exception:  # never break the agent
+        except Exception as problem:  # never break the agent; never lose the exchange silently
             log.exception("recorder: request hook failed")
+            if recorded and METADATA_KEY not in flow.metadata:
+                self.records.lose(
+                    uuid.uuid4().hex,
+                    flow.request.headers.get(SESSION_HEADER),
+                    f"request_hook_error: {type(problem).__name__}: {problem}",
+                )
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         try:
@@ -139,13 +156,14 @@ class Recorder:
 
     def done(self) -> None:
         """Shutdown: exchanges still in flight are recorded as incomplete, then the queue is drained."""
+        self.stopping = True
         for exchange in list(self.in_flight.values()):
             exchange.failure = PROXY_STOPPED
             exchange.failure_message = "the proxy stopped before the exchange finished"
             self.records.submit(exchange)
         self.in_flight.clear()
         for key, value in self.records.close().items():
-            setattr(self.stats, key, getattr(self.stats, key) + value)
+            setattr(self.stats, key, value)
 
     def _take(self, flow: http.HTTPFlow) -> Exchange | None:
         exchange = flow.metadata.pop(METADATA_KEY, None)

@@ -96,6 +96,14 @@ def _decode(raw: bytes, encoding: str) -> bytes:
     return raw
 
 
+def raw_body(exchange: Exchange) -> str:
+    """The response body as text: a stream's chunks joined and decompressed (mitmproxy decoded a buffered
+    body already)."""
+    if exchange.streamed:
+        return _decode(b"".join(exchange.chunks), exchange.content_encoding).decode("utf-8", "replace")
+    return exchange.body.decode("utf-8", "replace") if exchange.body is not None else ""
+
+
 def build_record(exchange: Exchange, run_id: str | None = None) -> dict[str, Any]:
     """The trace record for `exchange` (schema trace-record.v1), secrets redacted."""
     flags: list[str] = []
@@ -117,11 +125,7 @@ def build_record(exchange: Exchange, run_id: str | None = None) -> dict[str, Any
         error = {"type": "bad_request", "message": request_problem}
     stream = bool(request.get("stream")) if request else False
 
-    raw_text = ""
-    if exchange.streamed:
-        raw_text = _decode(b"".join(exchange.chunks), exchange.content_encoding).decode("utf-8", "replace")
-    elif exchange.body is not None:
-        raw_text = exchange.body.decode("utf-8", "replace")
+    raw_text = raw_body(exchange)
 
     response = None
     complete = exchange.finished
@@ -231,11 +235,7 @@ def checked_record(exchange: Exchange, run_id: str | None = None) -> dict[str, A
     if "response" in dropped:
         record["usage"] = record["finish_reason"] = None
         if record["raw_response"] is None:
-            record["raw_response"] = redact_text(
-                exchange.body.decode("utf-8", "replace")[:RAW_LIMIT]
-                if exchange.body is not None
-                else b"".join(exchange.chunks).decode("utf-8", "replace")[:RAW_LIMIT]
-            )
+            record["raw_response"] = redact_text(raw_body(exchange)[:RAW_LIMIT])
     record["error"] = {
         "type": "recording_error",
         "message": f"dropped {', '.join(dropped) or 'nothing'}: does not follow the trace schema: {errors[0]}",

@@ -11,8 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.process import ManagedProcess, python_command
+from proxy.recorder import ABANDON_SECONDS, DRAIN_SECONDS
+from proxy.server import GRACE_SECONDS
 
-STOP_TIMEOUT = 30.0
+# Stopping, the proxy may give exchanges in flight GRACE_SECONDS, spend DRAIN_SECONDS writing what is
+# queued, then stop its recorder: wait longer than all of it before SIGKILL, or the summary and the last
+# records are lost.
+STOP_TIMEOUT = GRACE_SECONDS + DRAIN_SECONDS + ABANDON_SECONDS + 15.0
 
 
 class RecordingProxy(ManagedProcess):
@@ -66,7 +71,7 @@ class RecordingProxy(ManagedProcess):
         return next((e for e in reversed(self.events) if e.get("event") == "stopped"), None)
 
     def stop(self, timeout: float | None = None, *, interrupted: bool = False) -> dict | None:
-        """Stop the proxy (SIGTERM: it drains its queue and writes every record) and return its summary."""
+        """Stop the proxy (SIGTERM: it writes every finished exchange) and return its summary."""
         if timeout is not None:
             self.stop_timeout = timeout
         super().stop(interrupted=interrupted)

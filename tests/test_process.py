@@ -57,7 +57,9 @@ def group_gone(pgid: int, timeout: float) -> bool:
 
 def echo(url: str, text: str = "hi") -> str:
     body = {"model": "echo", "messages": [{"role": "user", "content": text}]}
-    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=10).json()["choices"][0]["message"]["content"]
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=10).json()["choices"][0]["message"][
+        "content"
+    ]
 
 
 # ------------------------------------------------------------------------------------- start, stop, logs
@@ -117,7 +119,9 @@ def test_a_child_that_dies_on_its_own_is_reported_with_its_log(private_tmp):
 
 
 def test_ctrl_c_while_starting_stops_the_child_and_propagates(private_tmp):
-    never_ready = ManagedProcess([sys.executable, "-c", "import time; time.sleep(60)"], ready_event="listening")
+    never_ready = ManagedProcess(
+        [sys.executable, "-c", "import time; time.sleep(60)"], ready_event="listening"
+    )
     timer = threading.Timer(1.0, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
     timer.start()
     with pytest.raises(KeyboardInterrupt):
@@ -186,6 +190,7 @@ def test_terminal_ctrl_c_stops_the_parent_and_every_child(tmp_path):
     assert list(temp.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not LINUX, reason="PR_SET_PDEATHSIG is Linux-only")
 def test_children_do_not_outlive_a_killed_parent(tmp_path):
     """SIGKILL runs no cleanup in the parent: PR_SET_PDEATHSIG tells each child, which stops on its own."""
@@ -194,3 +199,59 @@ def test_children_do_not_outlive_a_killed_parent(tmp_path):
     parent.communicate(timeout=30)
     assert group_gone(parent.pid, 60), "a child outlived its SIGKILLed parent"
     assert not any(map(alive, started["pids"]))
+
+
+@pytest.mark.slow  # ~35 s: an mlx_lm server, the proxy and the agent, then the Ctrl-C
+@pytest.mark.skipif(not LINUX, reason="finds the process group's members via /proc")
+def test_ctrl_c_during_evaluate_via_proxy_leaves_no_server_log_or_torn_record(tmp_path, tool_model):
+    """`python -m evaluate --via-proxy` as a user runs it: the real agent, through the recording proxy, against
+    an `mlx_lm server` it starts. Ctrl-C (SIGINT to the whole group) mid-run: every process ends, no
+    `mlx_lm server` is left, no log stays in the temp directory, and every trace line is a complete record."""
+    from core.trace import read_trace_lines, validation_errors
+
+    temp = tmp_path / "child-tmp"
+    temp.mkdir()
+    traces = tmp_path / "traces"
+    command = python_command(
+        "evaluate", "--model", tool_model, "--no-turns", "--via-proxy", "--limit", "6", "--max-tokens", "48",
+        "--agent-max-steps", "4", "--out", tmp_path / "reports", "--name", "interrupted", "--traces", traces,
+    )  # fmt: skip
+    run = subprocess.Popen(
+        command, cwd=ROOT, env=dict(os.environ, TMPDIR=str(temp)), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and run.poll() is None:
+            written = [p for p in traces.rglob("*.jsonl") if p.read_bytes().count(b"\n") >= 2]
+            if written:
+                break
+            time.sleep(0.1)
+        assert written, f"no record within the deadline: {run.stderr.read()[-3000:] if run.poll() else ''}"
+        servers = [
+            pid for pid in group_members(run.pid) if b"mlx_lm" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert servers, "the mlx_lm server runs in the caller's process group"
+        os.killpg(run.pid, signal.SIGINT)
+        _, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode != 0, err[-2000:]
+    assert group_gone(run.pid, 30), "something outlived the Ctrl-C"
+    assert not any(map(alive, servers)), "an orphaned mlx_lm server"
+    assert [p.name for p in temp.iterdir() if p.name != "mlx"] == []  # mlx/: MLX's own kernel cache
+    lines = list(read_trace_lines([traces]))
+    assert lines and all(line.error is None and validation_errors(line.record) == [] for line in lines)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids in process group `pgid` (Linux /proc)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                members.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return members
