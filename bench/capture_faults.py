@@ -9,8 +9,9 @@ request it sent:
     seen     of which the proxy certainly saw: the client got an answer, or the upstream got the request
     records  of which are records in the trace file
     losses   of which are counted losses in the side file beside it (id, time, reason)
-    unseen   started, never answered, never at the upstream, neither recorded nor counted: the proxy had
-             stopped before it read them (there was nothing to record)
+    unseen   started, never answered, never at the upstream, neither recorded nor counted: they came
+             while the proxy was stopping, which refuses them (the connection closes, nothing is
+             forwarded) or no longer reads them
 
 Every case must hold: every seen request is a record or a counted loss (records + losses = sent - unseen),
 none twice, every line of the trace file parses, and the proxy's stop summary equals its files.
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +106,7 @@ class Traffic:
 
     def __init__(self, url: str, case: str):
         self.url, self.case = url, case
+        self.prefix = f"{case}-{uuid.uuid4().hex[:8]}-"  # unique per run: the upstream's log spans runs
         self.started: list[str] = []
         self.answered: set[str] = set()
         self.stop = threading.Event()
@@ -115,7 +118,7 @@ class Traffic:
     def session(self) -> str:
         with self._lock:
             self._count += 1
-            session = f"{self.case}-{self._count:05d}"
+            session = f"{self.prefix}{self._count:05d}"
             self.started.append(session)
         return session
 
@@ -174,12 +177,11 @@ def read_losses(path: Path | None) -> list[dict]:
 
 
 def account(
-    case: str, traffic: Traffic, trace_file: Path, summary: dict | None, upstream: ScriptedUpstream | None,
-    prefix: str | None = None,
-) -> Outcome:  # fmt: skip
-    """The outcome of `case`: its sessions (those starting with `prefix`, default the case name) against the
-    trace file, the side file of losses, the upstream's log and the proxy's summary."""
-    prefix = prefix or case
+    case: str, traffic: Traffic, trace_file: Path, summary: dict | None, upstream: ScriptedUpstream | None
+) -> Outcome:
+    """The outcome of `case`: the sessions `traffic` started, against the trace file, the side file of
+    losses, the upstream's log and the proxy's summary."""
+    prefix = traffic.prefix
     loss_file = (
         Path(summary["loss_file"]) if summary and summary.get("loss_file") else loss_file_for(trace_file)
     )
@@ -469,20 +471,23 @@ def traffic_faults(upstream: ScriptedUpstream, work: Path, mlx_url: str | None =
         behind = mlx_proxy if case == "byte-at-a-time" and mlx_proxy else proxy
         scripted = None if behind is mlx_proxy else upstream
         outcome = account(case, traffic[case], behind.trace_file, summaries[behind], scripted)
-        outcome.failures += traffic[case].failures + record_failures(case, behind.trace_file)
+        outcome.failures += traffic[case].failures + record_failures(
+            case, traffic[case].prefix, behind.trace_file
+        )
         outcome.seconds = seconds[case]
         outcomes.append(outcome)
     return outcomes
 
 
 def upstream_reset(traffic: Traffic, upstream: ScriptedUpstream, real: bool) -> None:
+    """Five streams whose upstream connection is reset (TCP RST) after the first chunk."""
     with httpx.Client(timeout=30) as client:
         for _ in range(5):
             traffic.send(client, "reset", True)
 
 
 def client_disconnect(traffic: Traffic, upstream: ScriptedUpstream, real: bool) -> None:
-    """Read the first chunk of a slow stream, then hang up."""
+    """Five slow streams the client hangs up on after the first chunk."""
     body = {
         "model": "slow",
         "stream": True,
@@ -501,6 +506,7 @@ def client_disconnect(traffic: Traffic, upstream: ScriptedUpstream, real: bool) 
 
 
 def byte_at_a_time(traffic: Traffic, upstream: ScriptedUpstream, real: bool) -> None:
+    """Three streams read one byte per recv, slowly, through a 1 KiB receive buffer."""
     content = "Read notes.txt and tell me " + "more " * 60
     body = {"model": MLX_MODEL if real else "echo", "stream": True, "max_tokens": 48,
             "messages": [{"role": "user", "content": content}]}  # fmt: skip
@@ -514,6 +520,8 @@ def byte_at_a_time(traffic: Traffic, upstream: ScriptedUpstream, real: bool) -> 
 
 
 def concurrent_64(traffic: Traffic, upstream: ScriptedUpstream, real: bool) -> None:
+    """64 streams at once, each in flight for a while (a pause before every chunk)."""
+
     def one(_: int) -> None:
         with httpx.Client(timeout=60) as own:
             traffic.send(own, "slow", True, "a b c d e f g h", pause=0.02)
@@ -523,6 +531,7 @@ def concurrent_64(traffic: Traffic, upstream: ScriptedUpstream, real: bool) -> N
 
 
 def ten_mb_request(traffic: Traffic, upstream: ScriptedUpstream, real: bool) -> None:
+    """One request of 10 MB (a 10-million-character user message), recorded whole."""
     with httpx.Client(timeout=120) as client:
         traffic.send(client, "mlx-style-tool", False, "z" * 10_000_000)
 
@@ -552,13 +561,13 @@ TRAFFIC_CASES = {
 }
 
 
-def record_failures(case: str, trace_file: Path) -> list[str]:
+def record_failures(case: str, prefix: str, trace_file: Path) -> list[str]:
     """What the records of `case` must say, for each that does not."""
     notes = []
     for line in read_trace_lines([trace_file]):
         record = line.record or {}
         session = str(record.get("session_id"))
-        if not session.startswith(case):
+        if not session.startswith(prefix):
             continue
         error = (record.get("error") or {}).get("type")
         complete = record.get("complete")
@@ -659,12 +668,16 @@ def report(runs: dict[str, list[Outcome]], real_mlx: bool) -> str:
             f"{sum(o.summary_matches for o in outcomes)}/{len(outcomes)} | {max(o.seconds for o in outcomes):.1f} |"
         )
     upstream = "a real `mlx_lm server` (tiny tool model)" if real_mlx else "the scripted upstream"
+    cases = {**SIGNAL_CASES, **TRAFFIC_CASES}
+    lines += ["", "What each case does:", ""]
+    lines += [f"- {name}: {' '.join(run.__doc__.split())}" for name, run in cases.items() if name in runs]
     lines += [
         "",
         "_sent_: requests the client started; _seen_: of which the client got an answer or the upstream got "
         "the request (the proxy certainly saw them); _records_, _counted losses_: of the case's requests, "
         "lines in the trace file and in the side file of losses; _unseen_: started but never answered, never "
-        "at the upstream, neither recorded nor counted (the proxy had stopped before reading them); _held_: "
+        "at the upstream, neither recorded nor counted (they came while the proxy was stopping: refused, nothing "
+        "forwarded, or not read at all); _held_: "
         "runs where every seen request is a record or a counted loss, none twice, no unreadable line, and "
         "the case's own checks passed; _summary = file_: runs whose stop summary equals the trace file and "
         f"the side file. Byte-at-a-time reads a stream from {upstream}; the other cases use the scripted "

@@ -301,6 +301,8 @@ class RecordWriter:
                 self._changed.wait(0.1)
             self._stopping = True
         self._stop_child(child, graceful=reason is None)
+        if reason is not None:
+            self._settle_unacknowledged()
         with self._changed:
             if self._pending:
                 log.error(
@@ -325,6 +327,18 @@ class RecordWriter:
                 "recorder_restarts": self.restarts,
             }
         return self._final
+
+    def _settle_unacknowledged(self) -> None:
+        """After stopping a recorder that had not finished: what it wrote but never acknowledged is recorded,
+        not lost; a line it was writing when killed is cut back."""
+        with contextlib.suppress(OSError):
+            TraceWriter(self.path.parent, self.path.name).close()
+        found = written_after(self.path, self._offset)
+        with self._changed:
+            for exchange_id in [i for i in self._pending if i in found]:
+                stream, error, _ = found[exchange_id]
+                del self._pending[exchange_id]
+                self.counts.update(recorded=1, streamed=int(stream), errors=int(error))
 
     def _stop_child(self, child: _Child, graceful: bool) -> None:
         """Graceful: it said bye, wait for it to exit. Otherwise SIGTERM (it finishes the record in hand),

@@ -812,3 +812,27 @@ def test_a_compressed_stream_s_fallback_raw_body_is_stored_decompressed():
     )  # fmt: skip
     assert record["response"] is None and record["error"]["type"] == "recording_error"
     assert record["raw_response"] == events
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="freezes the recorder with SIGSTOP")
+def test_a_record_written_but_not_acknowledged_is_not_also_counted_lost(tmp_path):
+    """The recorder froze (SIGSTOP) right after writing a record, before it acknowledged it; a second
+    Ctrl-C then abandons what is pending. The record is in the file, so it counts as recorded, not lost:
+    a record or a loss, never both."""
+    from core.trace import TraceWriter, loss_file_for
+    from proxy.recorder import RecordWriter
+
+    path = tmp_path / "run.jsonl"
+    writer = RecordWriter(path)
+    writer.wait_ready()
+    os.kill(writer._child.process.pid, signal.SIGSTOP)
+    written, pending = exchange(status=200, body=b"{}", finished=True), exchange(status=200, finished=True)
+    writer.submit(written)
+    writer.submit(pending)
+    with TraceWriter(tmp_path, path.name) as trace:  # what the recorder wrote before it froze
+        trace.write(checked_record(written, trace.run_id))
+    writer.abandon.set()
+    counts = writer.close()
+    assert (counts["recorded"], counts["recording_failures"], counts["abandoned"]) == (1, 1, 1)
+    (loss,) = [json.loads(line) for line in loss_file_for(path).read_text().splitlines()]
+    assert loss["id"] == pending.id and loss["reason"] == "abandoned"
