@@ -55,9 +55,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--trace-file", type=Path, help="append to this file instead of a new file per run under --traces"
     )
     parser.add_argument(
+        "--policy", help="a label for what answers, kept in every record (e.g. 'qwen-tools-v3', 'round-2')"
+    )
+    parser.add_argument(
+        "--policy-json",
+        type=json.loads,
+        help="the whole policy object (what `python -m flywheel serve` passes: paths and sha256s)",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print the startup and summary lines as JSON (for wrappers)"
     )
     return parser
+
+
+def policy_of(args: argparse.Namespace) -> dict | None:
+    """--policy-json, with --policy as its label; checked against the schema's policy object."""
+    from core.trace import schema
+
+    policy = dict(args.policy_json or {})
+    if args.policy is not None:
+        policy["label"] = args.policy
+    known = set(schema()["properties"]["policy"]["properties"])
+    if unknown := set(policy) - known:
+        raise ValueError(
+            f"--policy-json: unknown fields {sorted(unknown)} (known: {', '.join(sorted(known))})"
+        )
+    return policy or None
 
 
 def summary_line(stats: dict, trace_file: Path, seconds: float) -> str:
@@ -78,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         upstream = parse_upstream(args.upstream)
         host, port = parse_listen(args.listen)
+        policy = policy_of(args)
     except ValueError as error:
         print(f"python -m proxy: error: {error}", file=sys.stderr)
         return 2
@@ -107,7 +131,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         stats = asyncio.run(
-            serve(upstream, args.traces, host, port, trace_file=args.trace_file, on_ready=ready)
+            serve(
+                upstream,
+                args.traces,
+                host,
+                port,
+                trace_file=args.trace_file,
+                on_ready=ready,
+                policy=policy,
+            )
         ).as_dict()
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 1

@@ -24,6 +24,7 @@ from proxy.recorder import RecordWriter
 log = logging.getLogger("proxy")
 
 RECORDED_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+FEEDBACK_PATH = "/flywheel/feedback"  # answered by the proxy itself, never forwarded
 METADATA_KEY = "flywheel"
 
 
@@ -46,8 +47,16 @@ class Stats:
 class Recorder:
     """mitmproxy addon: every POST /v1/chat/completions becomes one trace record; other paths pass."""
 
-    def __init__(self, upstream: str, trace_file: Path, fsync: bool = False, loss_file: Path | None = None):
+    def __init__(
+        self,
+        upstream: str,
+        trace_file: Path,
+        fsync: bool = False,
+        loss_file: Path | None = None,
+        policy: dict | None = None,
+    ):
         self.upstream = upstream
+        self.policy = policy
         self.stats = Stats()
         self.records = RecordWriter(trace_file, fsync=fsync, loss_file=loss_file)
         self.in_flight: dict[str, Exchange] = {}
@@ -62,6 +71,9 @@ class Recorder:
         try:
             request = flow.request
             path = request.path.split("?", 1)[0]
+            if path == FEEDBACK_PATH:
+                flow.response = feedback(request, self.trace_file.parent)
+                return
             if request.method != "POST" or path not in RECORDED_PATHS:
                 self.stats.passed_through += 1
                 return
@@ -75,6 +87,7 @@ class Recorder:
                 session_id=request.headers.get(SESSION_HEADER),
                 request_body=request.get_content(strict=False) or b"",
                 started=request.timestamp_start or time.time(),
+                policy=self.policy,
             )
             flow.metadata[METADATA_KEY] = exchange
             self.in_flight[exchange.id] = exchange
@@ -170,3 +183,32 @@ class Recorder:
         if exchange is not None:
             self.in_flight.pop(exchange.id, None)
         return exchange
+
+
+def feedback(request: http.Request, traces_dir: Path) -> http.Response:
+    """`POST /flywheel/feedback {"session": ..., "outcome": "success" | "failure", "note": ...}`: the user's
+    verdict on a session, appended to the traces' outcomes.jsonl (core.outcomes); 400 names what is wrong."""
+    import json
+
+    from core.outcomes import OutcomeError, record_outcome
+
+    def answer(status: int, body: dict) -> http.Response:
+        return http.Response.make(status, json.dumps(body), {"content-type": "application/json"})
+
+    if request.method != "POST":
+        return answer(405, {"error": f"POST a JSON object to {FEEDBACK_PATH}"})
+    try:
+        body = json.loads(request.get_content(strict=False) or b"")
+        if not isinstance(body, dict):
+            raise OutcomeError("the body must be a JSON object")
+        unknown = set(body) - {"session", "outcome", "note"}
+        if unknown:
+            raise OutcomeError(f"unknown fields {sorted(unknown)} (known: session, outcome, note)")
+        saved = record_outcome(
+            traces_dir, body.get("session"), body.get("outcome"), "user", note=body.get("note")
+        )
+    except (ValueError, OutcomeError) as problem:
+        return answer(400, {"error": str(problem)})
+    except OSError as problem:  # the traffic goes on; the user is told the verdict was not kept
+        return answer(503, {"error": f"could not record the outcome: {problem}"})
+    return answer(200, {"recorded": saved})

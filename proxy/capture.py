@@ -51,6 +51,9 @@ class Exchange:
     failure: str | None = None  # one of the constants above
     failure_message: str = ""
     closed: bool = False  # handed to the recorder; the loop no longer touches it
+    policy: dict | None = (
+        None  # what the proxy was told answers (--policy, flywheel serve); see record_policy
+    )
 
     def tee(self, data: bytes) -> bytes:
         """mitmproxy's `response.stream` callable: keep a reference to each chunk, forward it unchanged."""
@@ -213,8 +216,17 @@ def build_record(exchange: Exchange, run_id: str | None = None) -> dict[str, Any
     )
     if run_id is not None:
         fields["run_id"] = run_id
+    fields["policy"] = record_policy(exchange.policy, response)
     fields["redactions"] = dict(counts)
     return new_record(**fields)
+
+
+def record_policy(policy: dict | None, response: Any) -> dict | None:
+    """Which policy answered: what the proxy was told, plus the model the upstream named in its response."""
+    served = response.get("model") if isinstance(response, dict) else None
+    if not policy and not served:
+        return None
+    return {**(policy or {}), "served_model": served if isinstance(served, str) else None}
 
 
 def checked_record(exchange: Exchange, run_id: str | None = None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ summary = proxy.summary  # {"recorded": ..., "streamed": ..., "errors": ..., "pa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from core.process import ManagedProcess, python_command
@@ -37,6 +38,7 @@ class RecordingProxy(ManagedProcess):
         trace_file: Path | str | None = None,
         startup_timeout: float = 60.0,
         log_path: Path | None = None,
+        policy: dict | None = None,
     ):
         super().__init__(
             host=listen_host, port=listen_port, startup_timeout=startup_timeout, log_path=log_path
@@ -46,6 +48,7 @@ class RecordingProxy(ManagedProcess):
         self.traces_dir = Path(traces_dir)
         self.listen_port = listen_port  # None: a free port
         self.trace_file: Path | None = Path(trace_file) if trace_file else None
+        self.policy = policy  # recorded in every record (`python -m proxy --policy-json`)
 
     @property
     def name(self) -> str:
@@ -60,6 +63,8 @@ class RecordingProxy(ManagedProcess):
         cmd += ["--listen", f"{self.host}:{self.listen_port or 0}", "--traces", str(self.traces_dir)]
         if self.trace_file is not None:
             cmd += ["--trace-file", str(self.trace_file)]
+        if self.policy:
+            cmd += ["--policy-json", json.dumps(self.policy)]
         return cmd
 
     def on_ready(self, event: dict) -> None:

@@ -94,6 +94,7 @@ async def serve(
     trace_file: Path | str | None = None,
     on_ready: Callable[[str, int, Path], None] | None = None,
     handle_signals: bool = True,
+    policy: dict | None = None,
 ):
     """Run the recording reverse proxy until SIGINT/SIGTERM (or `master.shutdown()`); returns its Stats.
 
@@ -107,7 +108,7 @@ async def serve(
 
     from proxy.addon import Recorder
 
-    recorder = Recorder(upstream, trace_path, loss_file=losses)  # starts the recorder while mitmproxy imports
+    recorder = Recorder(upstream, trace_path, loss_file=losses, policy=policy)  # starts the recorder while mitmproxy imports
 
     from mitmproxy import options
     from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
