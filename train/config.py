@@ -51,7 +51,12 @@ class TrainConfig(Settings):
     lora_keys: list[str] | None = None  # module names to adapt; None = every linear layer in the blocks
     lora_lm_head: bool = False  # also adapt the output head (the embedding when tied)
     lora_embeddings: bool = False  # also adapt the input embedding
-    mask_prompt: bool = True  # loss on the final assistant turn only
+    mask_prompt: bool = (
+        True  # loss on the assistant turns only (the final one; every one of a session sample)
+    )
+    # session samples (`"supervise": "all_assistant_turns"`): one sequence each ("whole"; per-turn where the
+    # chat template does not allow it), or one sample per assistant turn as `mlx_lm lora` would need
+    sessions: Literal["whole", "per-turn"] = "whole"
     # How
     iters: int = Field(1000, ge=1)
     batch_size: int = Field(4, ge=1)
