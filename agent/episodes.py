@@ -301,24 +301,22 @@ def run_episodes(
         )
 
 
-def summarize(episodes: list[Episode]) -> dict:
-    """Success rate and totals (overall and per template) as a JSON-ready dict."""
+def summarize(episodes: list[Episode] | list[dict]) -> dict:
+    """Successes, success rate, errors, per-episode means and totals, overall and per template (JSON-ready).
+    Takes Episodes or their dicts (a report's episodes); a rate or mean of no episodes is None."""
+    rows = [e.to_dict() if isinstance(e, Episode) else e for e in episodes]
 
-    def totals(group: list[Episode]) -> dict:
+    def totals(group: list[dict]) -> dict:
         n = len(group)
-        return {
-            "episodes": n,
-            "success_rate": round(sum(e.success for e in group) / n, 4) if n else 0.0,
-            "tool_calls": sum(e.tool_calls for e in group),
-            "invalid_calls": sum(e.invalid_calls for e in group),
-            "retries": sum(e.retries for e in group),
-            "errors": sum(e.error is not None for e in group),
-            "mean_steps": round(sum(e.steps for e in group) / n, 3) if n else 0.0,
-            "wall_s": round(sum(e.wall_s for e in group), 3),
-        }
+        successes = sum(1 for e in group if e.get("success"))
+        out = {"n_episodes": n, "successes": successes, "success_rate": successes / n if n else None}
+        for key in ("tool_calls", "invalid_calls", "retries", "steps", "wall_s"):
+            values = [e[key] for e in group if e.get(key) is not None]
+            out[f"mean_{key}"] = sum(values) / len(values) if values else None
+            out[key] = sum(values)
+        out["errors"] = sum(1 for e in group if e.get("error"))
+        return out
 
-    templates = sorted({e.template for e in episodes})
-    return {
-        **totals(episodes),
-        "by_template": {t: totals([e for e in episodes if e.template == t]) for t in templates},
-    }
+    templates = sorted({e.get("template") or "" for e in rows})
+    by_template = {t: totals([e for e in rows if (e.get("template") or "") == t]) for t in templates}
+    return {**totals(rows), "by_template": by_template}

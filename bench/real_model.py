@@ -486,6 +486,7 @@ def yes(flag: bool) -> str:
 
 def evaluate_report(name: str, model: Path, adapter: Path, args, base_turns, adapter_turns, episodes) -> dict:
     """A report in evaluate's format, so evaluate.report renders it (HTML, console table)."""
+    from agent.episodes import summarize
     from evaluate import stats
 
     turns = {"baseline": base_turns, "candidate": adapter_turns}
@@ -496,8 +497,8 @@ def evaluate_report(name: str, model: Path, adapter: Path, args, base_turns, ada
         agent = {
             "suite": args.suite,
             "n_tasks": len(adapted),
-            "baseline": {"episodes": base, "summary": stats.agent_summary(base), "proxy": None},
-            "candidate": {"episodes": adapted, "summary": stats.agent_summary(adapted), "proxy": None},
+            "baseline": {"episodes": base, "summary": summarize(base), "proxy": None},
+            "candidate": {"episodes": adapted, "summary": summarize(adapted), "proxy": None},
         }
         agent["comparison"] = stats.compare_agent(base, adapted, seed=args.seed)
     return {

@@ -50,7 +50,7 @@ class Settings(BaseModel):
 
     def replace(self, **changes: Any) -> Self:
         """A copy with `changes` applied and validated (unlike `model_copy(update=...)`, which skips checks)."""
-        return type(self).model_validate({**self.model_dump(), **changes})
+        return validate(type(self), {**self.model_dump(), **changes}, "settings")
 
 
 def _kinds(annotation: Any) -> set[Any]:
@@ -88,6 +88,8 @@ def describe(error: ValidationError, cls: type[Settings]) -> str:
     """The first problem of a pydantic error as one line: key, what is wrong, what was given."""
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "(settings)"
+    if first["type"] == "value_error":  # a validator's own message names what it checked
+        return str(first["ctx"]["error"])
     if first["type"] == "extra_forbidden":
         known = ", ".join(sorted(cls.model_fields))
         return f"unknown key {key!r} (known: {known})"

@@ -3,11 +3,14 @@
     from evaluate import EvalConfig, run
     report = run(EvalConfig(adapter=Path("adapters/demo")))      # base vs adapter, turn and agent level
 
-`evaluate.run` orchestrates; turns are generated and scored by `core.turns`, tasks run by `agent.episodes`,
-compared by `evaluate.stats`, rendered by `evaluate.report`. Importing this package does not import mlx.
+`evaluate.config` holds the settings (TOML + flags) and the sides they name; `evaluate.run` assembles the
+report from the turn level (`evaluate.turnlevel` over `core.turns`), the agent level (`evaluate.agentlevel`
+over `agent.episodes`) and the gate (`evaluate.gate`); `evaluate.stats` compares, `evaluate.report` renders.
+Importing this package does not import mlx.
 """
 
 import core  # noqa: F401  (binds the fast BLAS before anything imports mlx)
-from evaluate.run import EvalConfig, EvalError, read_manifest_model, run
+from evaluate.config import EvalConfig, EvalError, read_manifest_model
+from evaluate.run import run
 
 __all__ = ["EvalConfig", "EvalError", "read_manifest_model", "run"]

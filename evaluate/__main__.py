@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
+
+from evaluate.config import EvalConfig
 
 EPILOG = """\
 examples:
@@ -21,10 +22,15 @@ unexpected_arg, wrong_value, wrong_count. Agent level: the held-out tasks of --t
 reference agent against `mlx_lm server` (one per side). With a baseline, each case is paired: McNemar's
 exact p and a bootstrap 95% CI of the success-rate delta.
 
-Writes OUT/NAME.json and OUT/NAME.html (standalone). Exit status: 0 ok; 1 a --fail-under gate failed
+Settings can live in a TOML file (--config FILE; keys are the setting names, e.g. max_tokens = 64,
+out_dir = "reports"); flags override it. Writes OUT/NAME.json, OUT/NAME.html (standalone) and the resolved
+settings OUT/NAME.toml (`--config OUT/NAME.toml` repeats the run). Exit status: 0 ok; 1 a --fail-under gate failed
 (the candidate's turn-level exact-call accuracy < X, or with --fail-under-agent its agent task success
 rate < Y; an unmeasured metric fails); 2 bad input.
 """
+
+
+D = EvalConfig()  # the defaults, shown in --help; flags default to None so a --config file's values hold
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--config", type=Path, help="TOML file of settings (flags override it)")
     what = parser.add_argument_group("what to evaluate")
     what.add_argument("--adapter", type=Path, help="adapter directory (from python -m train)")
     what.add_argument(
@@ -53,63 +60,60 @@ def build_parser() -> argparse.ArgumentParser:
         "--server", help="OpenAI-compatible base URL (…/v1) to evaluate instead of a local model"
     )
     what.add_argument("--baseline-server", help="base URL of the baseline's endpoint, with --server")
-    what.add_argument(
-        "--server-model", default="default_model", help="model name sent to --server (default: %(default)s)"
-    )
+    what.add_argument("--server-model", help=f"model name sent to --server (default: {D.server_model})")
     what.add_argument(
         "--api-key-env",
-        default="OPENAI_API_KEY",
-        help="environment variable holding the API key for --server, if it needs one (default: %(default)s)",
+        help=f"environment variable holding the API key for --server, if it needs one (default: {D.api_key_env})",
     )
 
     turns = parser.add_argument_group("turn level")
+    turns.add_argument("--data", type=Path, help=f"held-out samples (default: {D.data})")
     turns.add_argument(
-        "--data", type=Path, default=Path("data/test.jsonl"), help="held-out samples (default: %(default)s)"
-    )
-    turns.add_argument(
-        "--no-turns", dest="turns", action="store_false", help="skip the turn-level evaluation"
+        "--no-turns", dest="turns", action="store_false", default=None, help="skip the turn-level evaluation"
     )
     turns.add_argument("--limit", type=int, help="only the first N samples (and N held-out tasks)")
     turns.add_argument(
         "--batch-size",
         type=int,
-        default=16,
-        help="answers generated together in-process; lower it if memory is short (default: %(default)s)",
+        help=f"answers generated together in-process; lower it if memory is short (default: {D.batch_size})",
     )
-    turns.add_argument("--max-tokens", type=int, default=256, help="tokens per answer (default: %(default)s)")
-    turns.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default: %(default)s)")
+    turns.add_argument("--max-tokens", type=int, help=f"tokens per answer (default: {D.max_tokens})")
+    turns.add_argument("--temperature", type=float, help=f"0 is greedy (default: {D.temperature})")
     turns.add_argument(
-        "--concurrency", type=int, default=1, help="parallel requests with --server (default: %(default)s)"
+        "--concurrency", type=int, help=f"parallel requests with --server (default: {D.concurrency})"
     )
     turns.add_argument(
         "--normalize-strings",
         action="store_true",
+        default=None,
         help="compare string arguments case-, space- and punctuation-insensitively (default: exact)",
     )
 
     agent = parser.add_argument_group("agent level")
-    agent.add_argument("--no-agent", dest="agent", action="store_false", help="skip the agent tasks")
     agent.add_argument(
-        "--tasks", default="default", help="task suite name or JSON path (default: %(default)s)"
+        "--no-agent", dest="agent", action="store_false", default=None, help="skip the agent tasks"
     )
-    agent.add_argument("--via-proxy", action="store_true", help="route the agent through the recording proxy")
-    agent.add_argument("--traces", type=Path, help="where --via-proxy records (default: OUT/NAME-traces)")
+    agent.add_argument("--tasks", help=f"task suite name or JSON path (default: {D.tasks})")
     agent.add_argument(
-        "--agent-max-steps", type=int, default=8, help="model requests per episode (default: %(default)s)"
+        "--via-proxy", action="store_true", default=None, help="route the agent through the recording proxy"
     )
     agent.add_argument(
-        "--agent-timeout", type=float, default=120.0, help="seconds per episode (default: %(default)s)"
+        "--traces", dest="traces_dir", type=Path, help="where --via-proxy records (default: OUT/NAME-traces)"
+    )
+    agent.add_argument(
+        "--agent-max-steps", type=int, help=f"model requests per episode (default: {D.agent_max_steps})"
+    )
+    agent.add_argument(
+        "--agent-timeout", type=float, help=f"seconds per episode (default: {D.agent_timeout})"
     )
 
     out = parser.add_argument_group("report")
-    out.add_argument(
-        "--out", type=Path, default=Path("reports"), help="report directory (default: %(default)s)"
-    )
+    out.add_argument("--out", dest="out_dir", type=Path, help=f"report directory (default: {D.out_dir})")
     out.add_argument("--name", help="report name (default: the adapter's or model's directory name)")
+    out.add_argument("--seed", type=int, help=f"bootstrap (and sampling) seed (default: {D.seed})")
     out.add_argument(
-        "--seed", type=int, default=0, help="bootstrap (and sampling) seed (default: %(default)s)"
+        "--fail-under", type=float, metavar="X", help="exit 1 if exact-call accuracy on call turns < X (0..1)"
     )
-    out.add_argument("--fail-under", type=float, metavar="X", help="exit 1 if exact-call accuracy < X (0..1)")
     out.add_argument(
         "--fail-under-agent", type=float, metavar="Y", help="exit 1 if agent task success < Y (0..1)"
     )
@@ -117,52 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from evaluate import EvalConfig, EvalError, run
+    from core.config import ConfigError, flag_overrides, load
+    from evaluate import EvalError, run
     from evaluate.report import print_summary
 
     args = build_parser().parse_args(argv)
-    if not args.turns and not args.agent:
-        print("error: --no-turns and --no-agent leave nothing to evaluate", file=sys.stderr)
-        return 2
-    for flag in ("fail_under", "fail_under_agent"):
-        value = getattr(args, flag)
-        if value is not None and not 0 <= value <= 1:
-            print(
-                f"error: --{flag.replace('_', '-')} {value}: expected a rate between 0 and 1", file=sys.stderr
-            )
-            return 2
-    config = EvalConfig(
-        adapter=args.adapter,
-        model=args.model,
-        baseline=args.baseline,
-        baseline_model=args.baseline_model,
-        data=args.data,
-        limit=args.limit,
-        turns=args.turns,
-        agent=args.agent,
-        tasks=args.tasks,
-        via_proxy=args.via_proxy,
-        traces_dir=args.traces,
-        server=args.server,
-        baseline_server=args.baseline_server,
-        server_model=args.server_model,
-        api_key=os.environ.get(args.api_key_env) if args.server else None,
-        concurrency=args.concurrency,
-        out_dir=args.out,
-        name=args.name,
-        batch_size=args.batch_size,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        normalize_strings=args.normalize_strings,
-        seed=args.seed,
-        agent_max_steps=args.agent_max_steps,
-        agent_timeout=args.agent_timeout,
-        fail_under=args.fail_under,
-        fail_under_agent=args.fail_under_agent,
-    )
     try:
+        config = load(EvalConfig, args.config, overrides=flag_overrides(args, EvalConfig))
         report = run(config)
-    except EvalError as error:
+    except (ConfigError, EvalError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from rich.console import Console

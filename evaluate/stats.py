@@ -139,26 +139,6 @@ def compare_turns(base: dict, adapter: dict, *, seed: int = 0) -> dict:
     return {"paired": paired, "codes": codes, "per_tool": per_tool, "changed_cases": changed}
 
 
-def agent_summary(episodes: list[dict]) -> dict:
-    n = len(episodes)
-
-    def mean(key: str) -> float | None:
-        values = [e[key] for e in episodes if e.get(key) is not None]
-        return sum(values) / len(values) if values else None
-
-    return {
-        "n_episodes": n,
-        "successes": sum(1 for e in episodes if e.get("success")),
-        "success_rate": sum(1 for e in episodes if e.get("success")) / n if n else None,
-        "mean_tool_calls": mean("tool_calls"),
-        "mean_invalid_calls": mean("invalid_calls"),
-        "mean_retries": mean("retries"),
-        "mean_steps": mean("steps"),
-        "mean_wall_s": mean("wall_s"),
-        "errors": sum(1 for e in episodes if e.get("error")),
-    }
-
-
 def compare_agent(base: list[dict], adapter: list[dict], *, seed: int = 0) -> dict:
     """Paired success statistics over the tasks both sides ran (matched by task_id)."""
     by_task = {e["task_id"]: e for e in base}

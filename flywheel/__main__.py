@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 EPILOG = """examples:
   uv run python -m flywheel                      # the whole loop on the tiny student (a few minutes)
@@ -28,7 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--quick", action="store_true", help="CI-sized run: fewer iterations and cases")
+    parser.add_argument(
+        "--config", type=Path, help="a TOML file of loop settings, with a [train] table (flags override it)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", default=None, help="CI-sized run: fewer iterations and cases"
+    )
     parser.add_argument(
         "--student",
         help="student model directory (default: the shipped tiny base model, models/assets/tiny-base)",
@@ -38,14 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--teacher-model", help="model name at the teacher (default: its first listed model)")
     parser.add_argument(
-        "--teacher-api-key",
-        default=os.environ.get("FLYWHEEL_TEACHER_API_KEY", "x"),
-        help="API key for --teacher",
+        "--teacher-api-key", help="API key for --teacher (default: $FLYWHEEL_TEACHER_API_KEY; never saved)"
     )
-    parser.add_argument("--suite", default="demo", help="task suite: a name in agent/suites or a file")
+    parser.add_argument("--suite", help="task suite: a name in agent/suites or a file (default: demo)")
     parser.add_argument("--run", help="run name (default: derived from the settings; a re-run reuses it)")
-    parser.add_argument("--root", default=".", help="where traces/ data/ adapters/ reports/ go (default: .)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--root", type=Path, help="where traces/ data/ adapters/ reports/ go (default: .)")
+    parser.add_argument("--seed", type=int)
     parser.add_argument("--iters", type=int, help="training iterations")
     parser.add_argument(
         "--fine-tune-type",
@@ -63,28 +67,24 @@ def main(argv: list[str] | None = None) -> int:
         return models_main(argv[1:])
     args = build_parser().parse_args(argv)
 
-    from pathlib import Path
-
     from rich.console import Console
 
+    from core.config import ConfigError, flag_overrides, load
     from flywheel.loop import LoopConfig, LoopError, run_loop
 
     console = Console(stderr=True)
-    config = LoopConfig(
-        student=args.student,
-        teacher=args.teacher,
-        teacher_model=args.teacher_model,
-        teacher_api_key=args.teacher_api_key,
-        suite=args.suite,
-        quick=args.quick,
-        run=args.run,
-        root=Path(args.root),
-        seed=args.seed,
-    )
-    if args.iters:
-        config.iters = args.iters
-    if args.fine_tune_type:
-        config.fine_tune_type = args.fine_tune_type
+    train_flags = {"iters": args.iters, "fine_tune_type": args.fine_tune_type}
+    try:
+        config = load(LoopConfig, args.config, overrides=flag_overrides(args, LoopConfig))
+        if any(v is not None for v in train_flags.values()):
+            config = config.replace(
+                train={**config.train, **{k: v for k, v in train_flags.items() if v is not None}}
+            )
+    except ConfigError as error:
+        console.print(f"flywheel: {error}", style="red", markup=False, soft_wrap=True)
+        return 2
+    if args.teacher_api_key:
+        os.environ[config.teacher_api_key_env] = args.teacher_api_key
     started = time.monotonic()
     try:
         result = run_loop(config, console=console)

@@ -45,7 +45,7 @@ def collect(config, suite, traces_dir: Path, console: Console) -> dict:
             upstream, model_name, label = teacher.url, teacher.model_name, SCRIPTED_TEACHER
         else:
             upstream = upstream_root(config.teacher)
-            model_name = config.teacher_model or teacher_model_name(config.teacher, config.teacher_api_key)
+            model_name = config.teacher_model or teacher_model_name(config.teacher, config.teacher_api_key())
             teacher, label = None, f"{model_name} at {config.teacher}"
         console.print(f"  teacher: [bold]{label}[/]")
         proxy = stack.enter_context(RecordingProxy(upstream, traces_dir))
@@ -55,7 +55,7 @@ def collect(config, suite, traces_dir: Path, console: Console) -> dict:
             model_name,
             description="collect · train tasks",
             max_steps=config.agent_max_steps + 2,
-            api_key=config.teacher_api_key,
+            api_key=config.teacher_api_key(),
         )
     summary = proxy.summary or {}
     records = list(read_records([traces_dir]))

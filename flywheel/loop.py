@@ -13,56 +13,100 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, ValidationError, field_validator
 from rich.console import Console
+
+from core import config as config_lib
+from core.config import Settings, describe
 
 STAGE_MARKER = ".flywheel-stage.json"
 
 
-@dataclass
-class LoopConfig:
+# The demo student's training recipe: LoRA on every linear layer of the tiny base, embeddings frozen, chosen by
+# measurement (bench/demo_recipe.py; figures in docs/BENCHMARKS.md). A loop file's [train] table overrides it.
+STUDENT_RECIPE: dict[str, Any] = {
+    "fine_tune_type": "lora",
+    "lora_rank": 32,
+    "lora_scale": 2.0,
+    "num_layers": -1,
+    "iters": 1000,
+    "batch_size": 8,
+    "learning_rate": 1e-3,
+    "lr_schedule": "cosine",
+    "max_seq_length": 1024,
+}
+QUICK_ITERS = 150  # --quick: the CI-sized run
+QUICK_EVAL_LIMIT = 6
+
+
+class LoopConfig(Settings):
+    """Settings of one turn of the flywheel: `python -m flywheel [--config flywheel.toml] [flags]`.
+
+    Top-level keys are the fields below; a `[train]` table holds any `train.TrainConfig` setting and overrides
+    the student recipe (STUDENT_RECIPE), checked against TrainConfig when the file is read."""
+
     student: str | None = None  # model directory; None: the shipped tiny base model (models.tinybase)
     teacher: str | None = None  # OpenAI-compatible base URL (…/v1); None: the scripted demonstrator
     teacher_model: str | None = None  # model name at the teacher; None: its first /v1/models entry
-    teacher_api_key: str = "x"
+    teacher_api_key_env: str = "FLYWHEEL_TEACHER_API_KEY"  # the variable holding the teacher's key
     suite: str = "demo"
     quick: bool = False
     run: str | None = None  # None: derived from the settings, so a re-run reuses finished stages
     root: Path = Path(".")
-    seed: int = 0
-    # collection: each train task is run this many times (the scripted teacher is deterministic, so the
-    # suite's own variety matters more than repeats)
-    episodes_per_task: int = 1
-    # training: LoRA on every linear layer of the tiny base student, embeddings frozen. Measured on the demo
-    # suite (bench/demo_recipe.py): LoRA r32 1000 iters 20/48 held-out tasks; full fine-tuning lr 3e-4 1000
-    # iters 19/48, 600 iters 6-12/48; lr 1e-3 full erases the base's copying skill.
-    fine_tune_type: str = "lora"
-    lora_rank: int = 32
-    lora_scale: float = 2.0
-    iters: int = 1000
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    max_seq_length: int = 1024
-    train_overrides: dict[str, Any] = field(default_factory=dict)
-    # evaluation
-    agent_max_steps: int = 6
-    eval_limit: int | None = None  # held-out tasks and test samples evaluated (None: all)
+    seed: int = Field(0, ge=0)
+    # each train task is run this many times (the scripted teacher is deterministic, so the suite's own
+    # variety matters more than repeats)
+    episodes_per_task: int = Field(1, ge=1)
+    agent_max_steps: int = Field(6, ge=1)
+    eval_limit: int | None = Field(None, ge=1)  # held-out tasks and test samples evaluated (None: all)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("train")
+    @classmethod
+    def _train_settings_exist(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from train.config import TrainConfig
+
+        owned = {"model", "data", "adapter", "seed"} & set(value)
+        if owned:
+            raise ValueError(f"[train] cannot set {sorted(owned)}: the loop sets them")
+        try:
+            TrainConfig.model_validate({**STUDENT_RECIPE, **value})
+        except ValidationError as error:
+            raise ValueError(f"[train] {describe(error, TrainConfig)}") from None
+        return value
+
+    def teacher_api_key(self) -> str:
+        return os.environ.get(self.teacher_api_key_env, "x")
 
     def effective(self) -> LoopConfig:
         """Quick mode: the CI-sized run (fewer iterations, fewer evaluation cases)."""
         if not self.quick:
             return self
-        quick = LoopConfig(**{**asdict(self), "root": self.root})
-        quick.iters = min(self.iters, 150)
-        quick.eval_limit = self.eval_limit or 6
-        return quick
+        iters = min(self.train.get("iters", STUDENT_RECIPE["iters"]), QUICK_ITERS)
+        return self.replace(train={**self.train, "iters": iters}, eval_limit=self.eval_limit or QUICK_EVAL_LIMIT)
+
+    def train_settings(self, student: Path, data_dir: Path, adapter_dir: Path) -> dict[str, Any]:
+        """The student's TrainConfig settings: the recipe, what follows from its iterations and learning rate,
+        then the [train] table."""
+        recipe = {**STUDENT_RECIPE, **self.train}
+        iters, learning_rate = recipe["iters"], recipe["learning_rate"]
+        derived = {
+            "lr_warmup": min(50, iters // 10),
+            "min_learning_rate": learning_rate / 100,
+            "steps_per_eval": max(iters // 4, 1),
+            "save_every": max(iters // 4, 1),
+        }
+        paths = {"model": str(student), "data": str(data_dir), "adapter": str(adapter_dir), "seed": self.seed}
+        return {**STUDENT_RECIPE, **derived, **self.train, **paths}
 
     def fingerprint(self, student: Path | None = None) -> str:
-        settings = {k: v for k, v in asdict(self).items() if k not in ("run", "root")}
+        settings = {k: v for k, v in self.to_dict().items() if k not in ("run", "root", "teacher_api_key_env")}
         if student is not None:
             settings["student_weights"] = weights_identity(student)
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -153,6 +197,7 @@ def run_loop(config: LoopConfig, console: Console | None = None) -> LoopResult:
         console.print(f"[bold]{title}[/] → {artifact}")
         return False
 
+    config_lib.save(config, reports_dir / f"{name}.flywheel.toml", header=f"python -m flywheel, run {name}")
     console.rule(f"flywheel run [bold]{name}[/]")
     console.print(f"[bold]1 student[/] → {student}")
 
@@ -183,26 +228,7 @@ def run_loop(config: LoopConfig, console: Console | None = None) -> LoopResult:
     # 5: train the student
     started = time.monotonic()
     if not stage("5 train the student", adapter_dir):
-        settings = {
-            "model": str(student),
-            "data": str(data_dir),
-            "adapter": str(adapter_dir),
-            "fine_tune_type": config.fine_tune_type,
-            "lora_rank": config.lora_rank,
-            "lora_scale": config.lora_scale,
-            "num_layers": -1,
-            "iters": config.iters,
-            "batch_size": config.batch_size,
-            "learning_rate": config.learning_rate,
-            "lr_schedule": "cosine",
-            "lr_warmup": min(50, config.iters // 10),
-            "min_learning_rate": config.learning_rate / 100,
-            "max_seq_length": config.max_seq_length,
-            "seed": config.seed,
-            "steps_per_eval": max(config.iters // 4, 1),
-            "save_every": max(config.iters // 4, 1),
-            **config.train_overrides,
-        }
+        settings = config.train_settings(student, data_dir, adapter_dir)
         train.run(train.TrainConfig(**settings), console=console)
         mark_done(adapter_dir, {"stage": "train"})
     seconds["train"] = time.monotonic() - started

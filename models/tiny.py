@@ -436,54 +436,37 @@ def build_tool_calling_tiny_model(
 
 
 def check_tool_calls(model_dir: Path, samples: list[dict], max_tokens: int = 96) -> dict:
-    """Greedy-generate replies to `samples` and parse them the way mlx_lm server does.
+    """Greedy-generate replies to `samples` and parse them the way mlx_lm server does (`core.toolcalls`).
 
-    For the first assistant turn (a tool call): `calls` asked, `parsed` by the json_tools parser, `right_name`,
-    `exact` (name and arguments). For a closing turn after tool results: `answers` asked, `stopped` (plain text,
-    no tool call)."""
+    For the first assistant turn (a tool call): `calls` asked, `parsed` by the model's tool parser, `right_name`,
+    `exact` (name and arguments) of the first call. For a closing turn after tool results: `answers` asked,
+    `stopped` (plain text, no tool call)."""
     from mlx_lm import generate, load
-    from mlx_lm.generate import TextStateMachine, make_text_state_machine
+
+    from core.toolcalls import parse_completion, prompt_tokens
 
     model, tokenizer = load(str(model_dir))
-    machine = make_text_state_machine(tokenizer)
 
     def reply(messages, tools):
-        prompt = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True)
-        text = generate(model, tokenizer, prompt, max_tokens=max_tokens)
-        _, segments = TextStateMachine.split(machine.make_state(), text)
-        normal, tool_texts, current, previous = "", [], "", "normal"
-        for state_name, piece in [*segments, ("normal", "")]:
-            if state_name == "tool":
-                current += piece
-            else:
-                if previous == "tool":
-                    tool_texts.append(current)
-                    current = ""
-                normal += piece
-            previous = state_name
-        return normal, tool_texts
+        text = generate(model, tokenizer, prompt_tokens(tokenizer, messages, tools), max_tokens=max_tokens)
+        return parse_completion(tokenizer, text, tools)
 
     counts = dict.fromkeys(["calls", "parsed", "right_name", "exact", "answers", "stopped"], 0)
     for sample in samples:
         messages, tools = sample["messages"], sample.get("tools")
         first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
         expected = messages[first]["tool_calls"][0]["function"]
-        _, tool_texts = reply(messages[:first], tools)
+        turn = reply(messages[:first], tools)
         counts["calls"] += 1
-        try:
-            call = tokenizer.tool_parser(tool_texts[0], tools) if tool_texts else None
-        except ValueError:
-            call = None
-        if isinstance(call, dict):
+        if turn.tool_calls:
+            call = turn.tool_calls[0]
             counts["parsed"] += 1
-            counts["right_name"] += call.get("name") == expected["name"]
-            counts["exact"] += (
-                call.get("name") == expected["name"] and call.get("arguments") == expected["arguments"]
-            )
+            counts["right_name"] += call.name == expected["name"]
+            counts["exact"] += call.name == expected["name"] and call.arguments == expected["arguments"]
         if messages[-1]["role"] == "assistant" and not messages[-1].get("tool_calls"):
-            text, tool_texts = reply(messages[:-1], tools)
+            turn = reply(messages[:-1], tools)
             counts["answers"] += 1
-            counts["stopped"] += bool(text.strip()) and not tool_texts
+            counts["stopped"] += bool(turn.content.strip()) and not turn.tool_calls and not turn.unparsed
     return counts
 
 

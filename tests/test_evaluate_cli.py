@@ -178,6 +178,53 @@ def test_bad_inputs_exit_2_with_a_clear_message(tmp_path, tiny_model, data_file,
     assert result.returncode == 2 and "nothing to evaluate" in result.stderr
 
 
+def test_every_flag_is_a_setting():
+    """Each flag sets the field of the same name, so a --config file can say everything a command line can."""
+    from evaluate import EvalConfig
+    from evaluate.__main__ import build_parser
+
+    dests = {a.dest for a in build_parser()._actions} - {"help", "config"}
+    assert dests == set(EvalConfig.model_fields)
+
+
+def test_config_file_flags_override_and_the_resolved_settings_are_saved(tmp_path, tiny_model, data_file, capsys):
+    from core.config import load
+    from evaluate import EvalConfig
+
+    config = tmp_path / "eval.toml"
+    config.write_text(
+        f'model = "{tiny_model}"\ndata = "{data_file}"\nagent = false\nlimit = 3\nmax_tokens = 16\n'
+        f'out_dir = "{tmp_path}"\nname = "cfg"\n'
+    )
+    result = main_in_process(capsys, "--config", config, "--max-tokens", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "cfg.json").read_text())
+    assert report["config"]["max_tokens"] == 4 and report["config"]["limit"] == 3  # the flag wins
+    assert report["turns"]["candidate"]["n_cases"] == 3
+    saved = load(EvalConfig, tmp_path / "cfg.toml")  # the resolved configuration, beside the report
+    assert saved.max_tokens == 4 and saved.model == str(tiny_model) and saved.agent is False
+    assert saved.to_dict() == report["config"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("max_token = 8\n", "unknown key 'max_token'"),
+        ('max_tokens = "8"\n', "max_tokens: input should be a valid integer"),
+        ("fail_under = 80\n", "fail_under: input should be less than or equal to 1"),
+        ("agent = 0\n", "agent: input should be a valid boolean"),
+    ],
+)
+def test_bad_config_files_name_the_file_and_key(tmp_path, capsys, text, message):
+    config = tmp_path / "eval.toml"
+    config.write_text(text)
+    result = main_in_process(capsys, "--config", config, "--model", "m", "--out", tmp_path)
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert line.startswith(f"error: {config}") and message in line and "\n" not in line
+    assert list(tmp_path.iterdir()) == [config]  # nothing written
+
+
 def test_server_path(tmp_path, tool_server, data_file, capsys, monkeypatch):
     monkeypatch.setenv("FLYWHEEL_TEST_API_KEY", "sekrit-key")  # sent as a bearer token, never written down
     result = main_in_process(capsys, "--server", tool_server.base_url, "--data", data_file, "--no-agent",

@@ -560,7 +560,7 @@ def teacher_traces(tmp_path_factory):
     traces = tmp_path_factory.mktemp("teacher") / "traces"
     with Teacher(suite) as teacher:
         args = build_parser().parse_args(["--teacher", teacher.base_url])
-        config = LoopConfig(teacher=args.teacher, teacher_model=args.teacher_model, teacher_api_key="x")
+        config = LoopConfig(teacher=args.teacher, teacher_model=args.teacher_model)
         collection = collect(config, dataclasses.replace(suite, train=tasks), traces, Console(stderr=True))
         served, url = teacher.requests, teacher.base_url
     return traces, collection, served, len(tasks), url

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
+from agent.episodes import summarize as agent_summary
 from evaluate.stats import (
-    agent_summary,
     bootstrap_delta_ci,
     compare_agent,
     compare_turns,

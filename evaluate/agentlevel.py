@@ -1,0 +1,75 @@
+"""Agent level: the suite's held-out tasks run by the reference agent against every side (`agent.episodes`).
+
+    agent = evaluate_agent_level(config, plan)   # {"suite", "n_tasks", "baseline", "candidate", "comparison"}
+
+A local side is served by a fresh `mlx_lm server` (through the recording proxy with `via_proxy`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from evaluate.config import EvalConfig, EvalError, Plan, Side
+
+
+def side_episodes(
+    config: EvalConfig, tasks: list, side: Side, traces: Path
+) -> tuple[list[dict], dict | None]:
+    """Run the tasks through the real agent against the side's server, or a fresh `mlx_lm server` (through
+    the recording proxy into `traces` with `via_proxy`). Returns the episodes and, through the proxy,
+    {"trace_file", "summary"}."""
+    from agent.episodes import run_episodes
+
+    options = {"max_steps": config.agent_max_steps, "timeout": config.agent_timeout}
+    description = f"agent · {side.label}"
+    if side.server:
+        episodes = run_episodes(tasks, side.server, config.server_model, description=description, **options)
+        return [e.to_dict() for e in episodes], None
+    from core.process import MlxServer
+
+    with MlxServer(side.model, adapter_path=side.adapter, max_tokens=config.max_tokens) as mlx_server:
+        if not config.via_proxy:
+            episodes = run_episodes(
+                tasks, mlx_server.base_url, "default_model", description=description, **options
+            )
+            return [e.to_dict() for e in episodes], None
+        from proxy import RecordingProxy
+
+        recording = RecordingProxy(mlx_server.url, traces / side.label)
+        with recording:
+            episodes = run_episodes(
+                tasks, recording.base_url, "default_model", description=description, **options
+            )
+    return [e.to_dict() for e in episodes], {
+        "trace_file": str(recording.trace_file),
+        "summary": recording.summary,
+    }
+
+
+def evaluate_agent_level(config: EvalConfig, plan: Plan) -> dict[str, Any]:
+    """Every side's episodes and summary, and with a baseline their paired comparison by task."""
+    from agent.episodes import summarize
+    from agent.tasks import load_suite
+    from evaluate import stats
+
+    try:
+        suite = load_suite(config.tasks)
+    except (FileNotFoundError, ValueError) as error:
+        raise EvalError(f"--tasks {config.tasks}: {error}") from None
+    tasks = suite.held_out[: config.limit] if config.limit else suite.held_out
+    traces = Path(config.traces_dir or config.out_dir / f"{plan.name}-traces")
+    agent: dict[str, Any] = {
+        "suite": config.tasks,
+        "n_tasks": len(tasks),
+        "baseline": None,
+        "comparison": None,
+    }
+    for side in plan.sides:
+        episodes, recorded = side_episodes(config, tasks, side, traces)
+        agent[side.role] = {"episodes": episodes, "summary": summarize(episodes), "proxy": recorded}
+    if plan.baseline:
+        agent["comparison"] = stats.compare_agent(
+            agent["baseline"]["episodes"], agent["candidate"]["episodes"], seed=config.seed
+        )
+    return agent

@@ -1,0 +1,72 @@
+"""The loop's settings: `python -m flywheel --config FILE` with a [train] table, flags over the file, mistakes
+refused before any work starts with one line naming the file and the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.config import ConfigError, load
+from flywheel.loop import QUICK_ITERS, STUDENT_RECIPE, LoopConfig
+from train.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def flywheel(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flywheel", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[train]\nitters = 5\n", "[train] unknown key 'itters'"),
+        ("[train]\nlora_rank = 0\n", "[train] lora_rank: input should be greater than or equal to 1"),
+        ("[train]\nmodel = 'x'\n", "[train] cannot set ['model']"),
+        ('seed = "1"\n', "seed: input should be a valid integer"),
+        ("suite = 'demo'\nteachr = 'x'\n", "unknown key 'teachr'"),
+    ],
+)
+def test_bad_settings_stop_before_any_work(tmp_path, text, message):
+    config = tmp_path / "flywheel.toml"
+    config.write_text(text)
+    result = flywheel("--config", str(config), "--root", str(tmp_path / "run"))
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"flywheel: {config}: ") and message in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_flag_that_breaks_the_recipe_is_refused(tmp_path):
+    result = flywheel("--iters", "0", "--root", str(tmp_path))
+    assert result.returncode == 2 and "[train] iters: input should be greater than or equal to 1" in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_file_then_flags_then_quick(tmp_path):
+    path = tmp_path / "flywheel.toml"
+    path.write_text("seed = 3\nsuite = 'default'\n[train]\niters = 400\nlora_rank = 8\n")
+    config = load(LoopConfig, path, overrides={"seed": 5})
+    assert (config.seed, config.suite, config.train) == (5, "default", {"iters": 400, "lora_rank": 8})
+    settings = config.train_settings(Path("student"), Path("d"), Path("a"))
+    trained = TrainConfig(**settings)
+    assert (trained.iters, trained.lora_rank, trained.seed, trained.model) == (400, 8, 5, "student")
+    assert trained.lr_warmup == 40 and trained.steps_per_eval == 100  # derived from the file's iters
+    assert trained.learning_rate == STUDENT_RECIPE["learning_rate"]
+    quick = config.replace(quick=True).effective()
+    assert quick.train["iters"] == QUICK_ITERS and quick.eval_limit
+    assert config.fingerprint() != quick.fingerprint()
+
+
+def test_the_resolved_settings_reload_the_same(tmp_path):
+    from core.config import save
+
+    config = LoopConfig(seed=2, train={"iters": 50}, root=tmp_path)
+    assert load(LoopConfig, save(config, tmp_path / "resolved.toml")) == config
+    with pytest.raises(ConfigError, match="valid integer"):
+        config.replace(seed="x")
