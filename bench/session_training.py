@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import core  # noqa: E402, F401  (binds the fast BLAS before anything imports mlx)
-from bench._report import write_section  # noqa: E402
+from bench._report import publish  # noqa: E402
 
 # ---------------------------------------------------------------------------------- Punie-like sessions
 
@@ -115,54 +115,37 @@ PUNIE_LIKE_TOOLS = [
     _terminal_tool("kill_terminal", "Stop a terminal's program.", "A confirmation."),
 ]
 
-# The functions `execute_code` may call: (name, parameters, what it does, what it returns).
+# The functions `execute_code` may call: name | parameters | what it does | what it returns.
 WORKSPACE_FUNCTIONS = [
-    ("read_text", "path: str", "reads a text file", "the text"),
-    (
-        "write_text",
-        "path: str, text: str",
-        "writes a text file, creating folders",
-        "the number of characters",
-    ),
-    ("append_text", "path: str, text: str", "appends to a text file", "the new size in characters"),
-    ("list_dir", "path: str = '.'", "lists a folder", "the names, folders first"),
-    ("glob_files", "pattern: str", "finds files by a glob pattern", "the matching paths"),
-    (
-        "grep",
-        "pattern: str, path: str = '.'",
-        "searches files for a regular expression",
-        "(path, line, text) rows",
-    ),
-    ("file_info", "path: str", "describes a file", "size, modification time and kind"),
-    ("move_path", "source: str, target: str", "moves or renames a file or folder", "the new path"),
-    ("delete_path", "path: str", "deletes a file or an empty folder", "True when something was deleted"),
-    ("make_dir", "path: str", "creates a folder and its parents", "the folder's path"),
-    (
-        "run",
-        "argv: list[str], cwd: str | None = None",
-        "runs a program to completion",
-        "exit code and output",
-    ),
-    ("run_tests", "selector: str | None = None", "runs the test suite or a part of it", "a summary per test"),
-    ("lint", "paths: list[str] | None = None", "checks style and common mistakes", "findings per file"),
-    ("format_code", "paths: list[str] | None = None", "reformats source files", "the changed paths"),
-    ("type_check", "paths: list[str] | None = None", "checks type annotations", "the errors found"),
-    ("git_status", "", "shows changed and untracked files", "(status, path) rows"),
-    ("git_diff", "path: str | None = None", "shows uncommitted changes", "a unified diff"),
-    ("git_log", "limit: int = 10", "shows recent commits", "(hash, author, subject) rows"),
-    ("git_commit", "message: str", "commits every staged change", "the new commit's hash"),
-    ("parse_python", "path: str", "parses a Python module", "its classes and functions with line numbers"),
-    ("find_symbol", "name: str", "locates where a name is defined", "(path, line) rows"),
-    ("find_references", "name: str", "locates where a name is used", "(path, line, text) rows"),
-    (
-        "replace_in_file",
-        "path: str, old: str, new: str",
-        "replaces one exact passage",
-        "True when it was found",
-    ),
-    ("read_json", "path: str", "reads a JSON file", "the parsed value"),
-    ("write_json", "path: str, value: object", "writes a JSON file, indented", "the number of characters"),
-    ("http_get", "url: str", "fetches a URL from the local network", "status code and body"),
+    tuple(part.strip() for part in line.split("|"))
+    for line in """\
+read_text | path: str | reads a text file | the text
+write_text | path: str, text: str | writes a text file, creating folders | the number of characters
+append_text | path: str, text: str | appends to a text file | the new size in characters
+list_dir | path: str = '.' | lists a folder | the names, folders first
+glob_files | pattern: str | finds files by a glob pattern | the matching paths
+grep | pattern: str, path: str = '.' | searches files for a regular expression | (path, line, text) rows
+file_info | path: str | describes a file | size, modification time and kind
+move_path | source: str, target: str | moves or renames a file or folder | the new path
+delete_path | path: str | deletes a file or an empty folder | True when something was deleted
+make_dir | path: str | creates a folder and its parents | the folder's path
+run | argv: list[str], cwd: str or None = None | runs a program to completion | exit code and output
+run_tests | selector: str or None = None | runs the test suite or a part of it | a summary per test
+lint | paths: list[str] or None = None | checks style and common mistakes | findings per file
+format_code | paths: list[str] or None = None | reformats source files | the changed paths
+type_check | paths: list[str] or None = None | checks type annotations | the errors found
+git_status |  | shows changed and untracked files | (status, path) rows
+git_diff | path: str or None = None | shows uncommitted changes | a unified diff
+git_log | limit: int = 10 | shows recent commits | (hash, author, subject) rows
+git_commit | message: str | commits every staged change | the new commit's hash
+parse_python | path: str | parses a Python module | its classes and functions with line numbers
+find_symbol | name: str | locates where a name is defined | (path, line) rows
+find_references | name: str | locates where a name is used | (path, line, text) rows
+replace_in_file | path: str, old: str, new: str | replaces one exact passage | True when it was found
+read_json | path: str | reads a JSON file | the parsed value
+write_json | path: str, value: object | writes a JSON file, indented | the number of characters
+http_get | url: str | fetches a URL from the local network | status code and body
+""".splitlines()
 ]
 
 PREAMBLE = """\
@@ -188,6 +171,7 @@ Functions available inside execute_code:
 
 
 def workspace_stub(name: str, params: str, does: str, returns: str) -> str:
+    params = params.replace(" or None", " | None")
     args = [p.split(":")[0].strip() for p in params.split(",") if p.strip()]
     arg_lines = (
         "".join(
@@ -229,11 +213,6 @@ MODULES = [
     "src/app/retry.py",
     "tests/test_app.py",
 ]
-
-
-def _call(rng: random.Random, name: str, arguments: dict) -> dict:
-    call_id = "call_" + "".join(rng.choice("0123456789abcdef") for _ in range(16))
-    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 def _source(rng: random.Random, path: str) -> str:
@@ -279,6 +258,7 @@ def _step(rng: random.Random, terminal: list[str]) -> tuple[str, dict, str]:
 def punie_like_sessions(count: int, seed: int = 0) -> list[dict]:
     """`count` session samples: the system prompt, a task, 3-10 tool calls with their results, an answer."""
     from core.samples import session_sample
+    from core.toolcalls import ToolCall
 
     rng = random.Random(seed)
     system = punie_like_system_prompt()
@@ -288,7 +268,7 @@ def punie_like_sessions(count: int, seed: int = 0) -> list[dict]:
         terminal: list[str] = []
         for _ in range(rng.randint(3, 10)):
             name, arguments, result = _step(rng, terminal)
-            call = _call(rng, name, arguments)
+            call = ToolCall(name, arguments).as_openai(f"call_{rng.getrandbits(64):016x}")
             messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
             messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
         messages.append({"role": "assistant", "content": "Fixed it: the tests pass again (12 passed)."})
@@ -508,20 +488,11 @@ def main(argv: list[str] | None = None) -> dict:
             work,
         )
         if not args.no_demo:
-            from flywheel.loop import LoopConfig
+            from flywheel.loop import STUDENT_RECIPE
 
             samples, student, collection = demo_data(work / "demo-data", console)
             demo = sessions_from_turns(samples)
-            loop = LoopConfig()
-            demo_settings = dict(
-                num_layers=-1,
-                lora_rank=loop.lora_rank,
-                lora_scale=loop.lora_scale,
-                batch_size=loop.batch_size,
-                learning_rate=loop.learning_rate,
-                max_seq_length=loop.max_seq_length,
-                seed=args.seed,
-            )
+            demo_settings = {k: v for k, v in STUDENT_RECIPE.items() if k != "iters"} | {"seed": args.seed}
             results["demo"] = measure("demo", student, demo, demo, demo_settings, args.demo_epochs, work)
             results["demo"]["curated_samples"] = len(samples)
             results["demo"]["episodes"] = collection["episodes"]
@@ -560,12 +531,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"Load average {load_start:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
         f"{time.perf_counter() - started:.0f} s in all.",
     ]
-    body = "\n".join(parts)
-    print(body)
-    if not args.no_write:
-        write_section(
-            "session_training", "Whole-session vs per-turn training (tokens and time per epoch)", body
-        )
+    title = "Whole-session vs per-turn training (tokens and time per epoch)"
+    publish("session_training", title, "\n".join(parts), not args.no_write)
     return results
 
 

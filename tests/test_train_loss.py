@@ -143,6 +143,8 @@ def test_shared_prefix_length():
 def test_train_run_records_the_loss_it_used(tmp_path, tiny_model, tokenized):
     import json
 
+    from test_train_sessions import SMALL_RUN
+
     import train
     from models.tiny import tool_call_samples
 
@@ -153,17 +155,7 @@ def test_train_run_records_the_loss_it_used(tmp_path, tiny_model, tokenized):
             "".join(json.dumps(s) + "\n" for s in tool_call_samples(n, seed))
         )
     config = train.TrainConfig(
-        model=str(tiny_model),
-        data=str(data),
-        adapter=str(tmp_path / "adapter"),
-        num_layers=1,
-        iters=4,
-        batch_size=2,
-        learning_rate=1e-3,
-        steps_per_report=2,
-        steps_per_eval=4,
-        save_every=4,
-        timing_steps=1,
+        model=str(tiny_model), data=str(data), adapter=str(tmp_path / "adapter"), **SMALL_RUN
     )
     adapter = train.run(config)
     manifest = json.loads((Path(adapter) / "manifest.json").read_text())

@@ -21,6 +21,18 @@ from core.samples import (
 )
 from core.toolcalls import completion_text
 
+# A few LoRA steps on the tiny model's last block (the first stays frozen: the frozen-prefix loss applies).
+SMALL_RUN = dict(
+    num_layers=1,
+    iters=4,
+    batch_size=2,
+    learning_rate=1e-3,
+    steps_per_report=2,
+    steps_per_eval=4,
+    save_every=4,
+    timing_steps=1,
+)
+
 
 def chained_session(parts: list[dict]) -> dict:
     """One session from several tool_call_samples (one system prompt, then each part's user turn onwards)."""
@@ -148,18 +160,7 @@ def test_train_accepts_sessions_and_per_turn_samples_in_one_file(tmp_path, tiny_
     mixed = sessions(6, 7) + tool_call_samples(6, 8)
     write_jsonl(data / "train.jsonl", mixed)
     write_jsonl(data / "valid.jsonl", sessions(2, 9) + tool_call_samples(2, 10))
-    common = dict(
-        model=str(tiny_model),
-        data=str(data),
-        num_layers=1,
-        iters=4,
-        batch_size=2,
-        learning_rate=1e-3,
-        steps_per_report=2,
-        steps_per_eval=4,
-        save_every=4,
-        timing_steps=1,
-    )
+    common = dict(model=str(tiny_model), data=str(data), **SMALL_RUN)
     whole = train.run(train.TrainConfig(adapter=str(tmp_path / "whole"), **common))
     manifest = json.loads((whole / "manifest.json").read_text())
     lengths = manifest["preflight"]["lengths"]["train"]

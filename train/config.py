@@ -109,7 +109,7 @@ class TrainConfig(Settings):
     @classmethod
     def _layers(cls, value: int) -> int:
         if value == 0 or value < -1:
-            raise ValueError("must be -1 (all) or a positive number")
+            raise ValueError(f"num_layers: must be -1 (all) or a positive number, got {value}")
         return value
 
 
