@@ -58,8 +58,9 @@ def make_iterate_batches(seed: int, start_iteration: int = 0):
 
 def epoch_batches(dataset, batch_size: int, comm_group=None) -> list[list[int]]:
     """The batches of one epoch, as dataset indices (this rank's share of each), before shuffling: contiguous
-    runs of the length-sorted samples; the last `len % batch_size` (the longest) are left out, as in mlx-lm."""
-    order = sorted(range(len(dataset)), key=dataset.itemlen)
+    runs of the length-sorted samples; the last `len % batch_size` (the longest) are left out, as in mlx-lm.
+    Equal lengths are ordered by their tokens, so the batches depend on the samples, not on the file's order."""
+    order = sorted(range(len(dataset)), key=lambda i: (dataset.itemlen(i), dataset[i][0]))
     if len(dataset) < batch_size:
         raise ValueError(
             f"Dataset must have at least batch_size={batch_size} examples but only has {len(dataset)}."
