@@ -22,6 +22,7 @@ demonstrator"), with ":<policy>" appended for the test policies, chosen by reque
   escape       tries to read and write outside the workspace, then reports what the tools said
   lost-call    answers like mlx_lm.server after the model wrote malformed tool JSON: finish_reason
                "tool_calls", content null and no tool_calls (the agent must end with an error)
+  and the adversarial policies of `agent.adversaries` (candidates, empty, garbage, ...)
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from agent.adversaries import ADVERSARIES
 from agent.tasks import Suite, Task, load_suite
 from core.net import free_port
 
 MODEL_NAME = "flywheel-scripted-demonstrator"
-POLICIES = ("solve", "answer-only", "loop", "flaky", "escape", "lost-call")
+POLICIES = ("solve", "answer-only", "loop", "flaky", "escape", "lost-call", *ADVERSARIES)
 
 
 @dataclass
@@ -238,6 +240,8 @@ TEMPLATE_POLICIES = {
 
 def next_action(policy: str, task: Task | None, steps: list[Step]) -> Call | Answer | LostCall:
     """The scripted demonstrator's next move for `task` after `steps`."""
+    if policy in ADVERSARIES:
+        return ADVERSARIES[policy](task, steps)
     if policy == "answer-only":
         return Answer("Done.")
     if policy == "loop":

@@ -207,7 +207,7 @@ class Stages:
 
     def begin(self, name: str, artifact: Path | None = None, settings: dict | None = None) -> bool:
         """Print the header; True when `artifact` is complete from an earlier run with these settings."""
-        from flywheel.loop import move_aside, stage_done
+        from flywheel.stages import move_aside, stage_done
 
         self.console.rule(f"[bold]{name}[/]")
         self._name, self._started = name, time.monotonic()
@@ -223,7 +223,7 @@ class Stages:
         return False
 
     def end(self, artifact: Path | None = None, settings: dict | None = None) -> float:
-        from flywheel.loop import mark_done
+        from flywheel.stages import mark_done
 
         if artifact is not None and self._name not in self.reused:
             mark_done(
@@ -534,7 +534,7 @@ def main(argv: list[str] | None = None) -> dict:
     from agent.tasks import load_suite
     from core.turns import load_samples
     from evaluate.report import print_summary, write_reports
-    from flywheel.loop import move_aside
+    from flywheel.stages import move_aside
 
     suite = load_suite(args.suite)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="flywheel-real-model-"))

@@ -20,6 +20,8 @@ from typing import Any
 
 import jsonschema
 
+from core.outcomes import OUTCOMES_FILE
+
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).parent / "schemas" / f"trace-record.v{SCHEMA_VERSION}.schema.json"
 SESSION_HEADER = "X-Flywheel-Session"
@@ -61,6 +63,17 @@ def validate_record(record: Any) -> None:
 
 def _json_path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "(record)"
+
+
+def policy_name(record: dict[str, Any]) -> str | None:
+    """The name a record's answering policy goes by: its label, else its adapter, else its model path, else the
+    model the upstream named (records from before policies were recorded have only that)."""
+    policy = record.get("policy") or {}
+    for key in ("label", "adapter_path", "model_path", "served_model"):
+        if policy.get(key):
+            return policy[key]
+    response = record.get("response")
+    return response.get("model") if isinstance(response, dict) else None
 
 
 def utc_now() -> str:
@@ -154,12 +167,17 @@ class TraceLine:
         return f"{self.path}:{self.line_no}"
 
 
+# JSONL files kept beside the traces that are not trace records.
+SIDE_FILES = frozenset({OUTCOMES_FILE})
+
+
 def trace_files(paths: Iterable[Path | str]) -> list[Path]:
-    """The .jsonl files named by `paths` (files, or directories searched recursively), sorted."""
+    """The .jsonl files named by `paths` (files, or directories searched recursively, side files left out),
+    sorted."""
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found.extend(sorted(path.rglob("*.jsonl")))
+            found.extend(p for p in sorted(path.rglob("*.jsonl")) if p.name not in SIDE_FILES)
         elif path.exists():
             found.append(path)
         else:

@@ -12,7 +12,8 @@ from curate.config import Config
 
 
 def check_samples(lines: pl.DataFrame, config: Config) -> tuple[pl.DataFrame, dict]:
-    """lines (sid, line) → (sid, model_reason, model_detail) for failures, and a summary for the report."""
+    """lines (sid, line) → (sid, reason, detail) of the failures, and a summary for the report. One Python
+    step per sample: the chat template and the tool parser are the model's own code."""
     from core.toolcalls import load_tokenizer, round_trip
 
     tokenizer = load_tokenizer(config.model)
@@ -39,8 +40,8 @@ def check_samples(lines: pl.DataFrame, config: Config) -> tuple[pl.DataFrame, di
             reasons.append(reason)
             details.append(detail)
     verdicts = pl.DataFrame(
-        {"sid": sids, "model_reason": reasons, "model_detail": details},
-        schema={"sid": pl.Int64, "model_reason": pl.String, "model_detail": pl.String},
+        {"sid": sids, "reason": reasons, "detail": details},
+        schema={"sid": pl.Int64, "reason": pl.String, "detail": pl.String},
     )
     summary = {
         "model": str(config.model),

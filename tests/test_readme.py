@@ -559,7 +559,7 @@ def teacher_traces(tmp_path_factory):
     tasks = list({task.template: task for task in suite.train}.values())
     traces = tmp_path_factory.mktemp("teacher") / "traces"
     with Teacher(suite) as teacher:
-        args = build_parser().parse_args(["--teacher", teacher.base_url])
+        args = build_parser().parse_args(["--teacher", teacher.base_url, "--teacher-model", teacher.model_name])
         config = LoopConfig(teacher=args.teacher, teacher_model=args.teacher_model)
         collection = collect(config, dataclasses.replace(suite, train=tasks), traces, Console(stderr=True))
         served, url = teacher.requests, teacher.base_url
@@ -570,7 +570,7 @@ def test_flywheel_collects_from_a_teacher_url(teacher_traces):
     from core.trace import read_records
 
     traces, collection, served, n_tasks, url = teacher_traces
-    # the model name came from URL/v1/models; no in-process teacher was started (it would count requests)
+    # the named model was checked against URL/v1/models; no in-process teacher was started (it would count)
     assert collection["teacher"] == f"flywheel-scripted-demonstrator at {url}"
     assert collection["teacher_requests"] is None
     assert collection["episodes"] == collection["solved"] == n_tasks

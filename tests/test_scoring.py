@@ -71,6 +71,16 @@ def test_ok_abstention(tokenizer):
     assert verdict(tokenizer, ANSWER, "It prints hello.").code == "ok"
 
 
+@pytest.mark.parametrize("text", ["", "   ", "\n\n\n\n", " \t\n "])
+def test_silence_is_not_an_answer(tokenizer, text):
+    """An answer turn needs a real answer: nothing, or only whitespace, is `empty_answer` (in both paths)."""
+    v = verdict(tokenizer, ANSWER, text)
+    assert v.code == "empty_answer" and "answer" in v.detail
+    message = {"role": "assistant", "content": text or None}
+    assert score_turn(ANSWER, turn_from_message(message, "stop"), TOOLS).code == "empty_answer"
+    assert verdict(tokenizer, ANSWER, text + "hello").code == "ok"
+
+
 def test_no_call(tokenizer):
     v = verdict(tokenizer, READ, "I would read src/app.py first.")
     assert v.code == "no_call"
@@ -253,6 +263,7 @@ def test_every_code_is_exercised():
         "ok",
         "no_call",
         "unexpected_call",
+        "empty_answer",
         "leaked_markup",
         "unparseable",
         "wrong_name",

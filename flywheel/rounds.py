@@ -1,0 +1,175 @@
+"""Rounds ≥ 2 of the flywheel: the student learns from its own successes, and only a better adapter is promoted.
+
+Round k: the best student so far (the base, or the last promoted adapter) is served by `mlx_lm server` behind
+the recording proxy, exactly as `python -m flywheel serve` serves it to a user, and attempts each of the
+suite's *train* tasks `attempts` times at `temperature`; each episode's outcome is its task's own end-state
+check, written beside the traces (`core.outcomes`, source "check"). Held-out tasks are never attempted. Curate
+reads every round's traces so far with `require_outcome="success"` (the teacher's episodes and the student's
+successes); adapter k is trained from the base on that data with the round-1 recipe; adapter k and the best
+are evaluated paired on the held-out tasks and round 1's held-out turns (the same cases every round); and
+adapter k replaces the best only by the rule of `flywheel.promote`. Every round's artifacts are kept.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from flywheel.config import LoopConfig
+from flywheel.promote import decide
+
+
+def attempt(config: LoopConfig, student: Path, adapter: Path | None, suite, traces: Path, console) -> dict:
+    """The served student attempts every train task `config.attempts` times; outcomes from the tasks' checks."""
+    from agent.episodes import run_episodes
+    from core.outcomes import append_outcomes, outcome_record
+    from core.trace import read_records
+    from flywheel.serve import serving
+
+    tasks = [task for task in suite.train for _ in range(config.attempts)]
+    traces.mkdir(parents=True)
+    with serving(student, adapter, traces, label=f"round student ({adapter or 'base'})") as served:
+        console.print(f"  student: {served.describe()}")
+        episodes = run_episodes(
+            tasks,
+            served.base_url,
+            "default_model",
+            description=f"attempt · {len(suite.train)} train tasks × {config.attempts}",
+            concurrency=config.attempt_concurrency,
+            max_steps=config.agent_max_steps + 2,
+            temperature=config.temperature,
+        )
+    append_outcomes(
+        traces,
+        [
+            outcome_record(e.session_id, "success" if e.success else "failure", "check", task_id=e.task_id)
+            for e in episodes
+        ],
+    )
+    tried, solved = Counter(e.template for e in episodes), Counter(e.template for e in episodes if e.success)
+    collection = {
+        "policy": served.policy,
+        "episodes": len(episodes),
+        "solved": sum(e.success for e in episodes),
+        "by_template": {t: {"solved": solved[t], "episodes": n} for t, n in sorted(tried.items())},
+        "agent_requests": sum(e.steps for e in episodes),
+        "recorded": len(list(read_records([traces]))),
+        "proxy_summary": served.summary,
+        "attempts": config.attempts,
+        "temperature": config.temperature,
+    }
+    (traces / "collection.json").write_text(json.dumps(collection, indent=2) + "\n")
+    console.print(
+        f"  {collection['solved']}/{collection['episodes']} attempts solved: "
+        + ", ".join(f"{t} {v['solved']}/{v['episodes']}" for t, v in collection["by_template"].items())
+    )
+    return {"recorded": collection["recorded"], "solved": collection["solved"]}
+
+
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float | None, float | None]:
+    """Wilson score 95% interval of a success rate (None when n = 0)."""
+    if n == 0:
+        return None, None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def side_point(report: dict, side: str) -> dict[str, Any]:
+    """Held-out agent success and exact-call accuracy on call turns of one side of an evaluation, with CIs."""
+    agent = ((report.get("agent") or {}).get(side) or {}).get("summary") or {}
+    n_tasks, solved = agent.get("n_episodes", 0), agent.get("successes", 0)
+    turns = (report.get("turns") or {}).get(side) or {}
+    calls = [c for c in turns.get("cases", []) if c["expected_calls"]]
+    exact = sum(c["code"] == "ok" for c in calls)
+    return {
+        "agent_solved": solved,
+        "agent_tasks": n_tasks,
+        "agent_rate": solved / n_tasks if n_tasks else None,
+        "agent_ci": wilson(solved, n_tasks),
+        "exact_calls": exact,
+        "call_turns": len(calls),
+        "exact_call_rate": exact / len(calls) if calls else None,
+        "exact_call_ci": wilson(exact, len(calls)),
+    }
+
+
+def run_rounds(config: LoopConfig, student: Path, suite, all_paths: list, stages, console):
+    """Rounds 2..N after round 1 (already run); returns (round summaries, best adapter or None, last paths)."""
+    from flywheel.loop import curate_round, evaluate_round, train_round
+    from flywheel.runreport import write_run_report
+
+    first = all_paths[0]
+    test_split = first.data / "test.jsonl"  # every round is scored on the same held-out turns
+    report = json.loads(first.report.read_text())
+    decision = decide(report)
+    best = first.adapter if decision["promoted"] else None
+    summaries = [round_summary(1, first, report, decision, None, best)]
+    console.print(f"round 1: adapter 1 vs base → {decision['reason']}")
+    for paths in all_paths[1:]:
+        k, baseline = paths.number, best
+        console.rule(f"round {k}: the student's own successes")
+        stages.run(
+            "attempt",
+            f"{k}a attempt the train tasks ({'adapter ' + baseline.name if baseline else 'base'})",
+            paths.traces,
+            lambda paths=paths, baseline=baseline: attempt(
+                config, student, baseline, suite, paths.traces, console
+            ),
+        )
+        traces = [p.traces for p in all_paths[:k]]
+        stages.run(
+            "curate",
+            f"{k}b curate (successful episodes of rounds 1-{k})",
+            paths.data,
+            lambda paths=paths, traces=traces: curate_round(
+                traces, paths.data, config, student, console, require_outcome="success"
+            ),
+        )
+        stages.run(
+            "train",
+            f"{k}c train adapter {k}",
+            paths.adapter,
+            lambda paths=paths: train_round(config, student, paths, console),
+        )
+        stages.run(
+            "evaluate",
+            f"{k}d evaluate adapter {k} vs {'the best adapter' if baseline else 'the base'}",
+            paths.report,
+            lambda paths=paths, baseline=baseline: evaluate_round(
+                config, student, paths, test_split, console, baseline
+            ),
+        )
+        report = json.loads(paths.report.read_text())
+        decision = decide(report)
+        if decision["promoted"]:
+            best = paths.adapter
+        console.print(f"round {k}: {decision['reason']}")
+        summaries.append(round_summary(k, paths, report, decision, baseline, best))
+    write_run_report(config, all_paths[0].report.parent.parent, all_paths[0].report.parent.name, summaries)
+    return summaries, best, all_paths[-1]
+
+
+def round_summary(
+    k: int, paths, report: dict, decision: dict, baseline: Path | None, best: Path | None
+) -> dict:
+    collection_file = paths.traces / "collection.json"
+    collection = json.loads(collection_file.read_text()) if collection_file.exists() else {}
+    return {
+        "round": k,
+        "traces": str(paths.traces),
+        "data": str(paths.data),
+        "adapter": str(paths.adapter),
+        "report": str(paths.report),
+        "compared_with": str(baseline) if baseline else "base",
+        "collection": {
+            key: collection.get(key) for key in ("teacher", "episodes", "solved", "by_template", "policy")
+        },
+        "baseline": side_point(report, "baseline"),
+        "candidate": side_point(report, "candidate"),
+        "decision": decision,
+        "best_after": str(best) if best else "base",
+    }
