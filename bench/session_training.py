@@ -280,12 +280,12 @@ def punie_like_sessions(count: int, seed: int = 0) -> list[dict]:
 
 
 def demo_data(work: Path, console) -> tuple[list[dict], Path, dict]:
-    """The quick demo's collect and curate stages (flywheel.loop's settings) → train.jsonl's samples."""
+    """The quick demo's collect and curate stages (flywheel.config's quick settings) → train.jsonl's samples."""
     import curate
     from agent.tasks import load_suite
     from core.samples import read_samples
     from flywheel.collect import collect
-    from flywheel.loop import LoopConfig
+    from flywheel.config import LoopConfig
     from models.tinybase import cached_base
 
     config = LoopConfig(quick=True).effective()
@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> dict:
             work,
         )
         if not args.no_demo:
-            from flywheel.loop import STUDENT_RECIPE
+            from flywheel.config import STUDENT_RECIPE
 
             samples, student, collection = demo_data(work / "demo-data", console)
             demo = sessions_from_turns(samples)

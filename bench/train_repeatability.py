@@ -4,7 +4,7 @@
     uv run python bench/train_repeatability.py --runs 2 --iters 60 --processes
 
 The data is the quick demo's (flywheel's collect and curate stages, as bench/session_training.py builds it);
-the settings are the demo student's recipe (flywheel.loop.STUDENT_RECIPE). Each run is compared with the first:
+the settings are the demo student's recipe (flywheel.config.STUDENT_RECIPE). Each run is compared with the first:
 every train and validation loss in metrics.jsonl (as written, i.e. bitwise for a float64 repr), and every
 tensor of adapters.safetensors (bytes). `--processes` runs each training in a fresh `python -m train`
 process (as a user repeating a command does); `--blas-threads N,M` repeats the runs with OPENBLAS_NUM_THREADS
@@ -66,7 +66,7 @@ def compare(first: Path, other: Path) -> dict:
 
 
 def settings(data: Path, adapter: Path, model: Path, args) -> dict:
-    from flywheel.loop import LoopConfig
+    from flywheel.config import LoopConfig
 
     loop = LoopConfig(train={"iters": args.iters})
     return loop.train_settings(model, data, adapter) | {"seed": args.seed, "timing_steps": 0}
