@@ -95,9 +95,7 @@ def per_turn_samples(data: dict[str, Any]) -> list[dict[str, Any]]:
 def check_sample(data: Any, where: str) -> Sample:
     """`data` as a Sample, or SampleError naming `where` and the field at fault."""
     if not isinstance(data, dict):
-        raise SampleError(
-            f"{where}: a sample must be a JSON object with 'messages', got {type(data).__name__}"
-        )
+        raise SampleError(f"{where}: a sample must be a JSON object with 'messages', got {type(data).__name__}")
     messages = data.get("messages")
     if not isinstance(messages, list) or len(messages) < 2:
         raise SampleError(f"{where}: 'messages' must be a list of at least a prompt and the assistant turn")
