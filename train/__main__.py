@@ -53,7 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="also adapt the output head (tied models: the shared embedding); for models whose tool-call tokens were never trained",
     )
     g.add_argument("--lora-embeddings", action=on_off, help="also adapt the input embedding")
-    g.add_argument("--mask-prompt", action=on_off, help="loss on the final assistant turn only (default: on)")
+    g.add_argument(
+        "--mask-prompt", action=on_off, help="loss on the assistant turns only, not the prompt (default: on)"
+    )
+    g.add_argument(
+        "--sessions",
+        choices=["whole", "per-turn"],
+        help='session samples ("supervise": "all_assistant_turns"): one sequence each, every assistant turn '
+        "supervised once (default: whole), or one sample per turn, as `mlx_lm lora` trains",
+    )
     g = p.add_argument_group("optimisation")
     g.add_argument("--iters", type=int, help="iterations (default: 1000)")
     g.add_argument("--batch-size", type=int, help="default: 4")
