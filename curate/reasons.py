@@ -109,6 +109,8 @@ MEANINGS: dict[str, dict[str, str]] = {
     },
     MODEL: {
         "round_trip_failed": "the model's chat template and tool parser do not give the call back",
+        "mask_mismatch": "the turn's tokens do not continue its prompt's tokens (e.g. text starting with a "
+        "newline the tokenizer merges), so training's loss mask would be wrong",
         "too_long": "longer than max_seq_length tokens",
     },
 }
