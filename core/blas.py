@@ -148,10 +148,12 @@ def find_openblas() -> str | None:
 
 
 def family(path: str | None) -> str | None:
-    """What kind of BLAS a library file is, from its name: openblas, mkl, blis, or other."""
+    """What kind of BLAS a library file is, from its name and folder (behind symlinks; Debian's OpenBLAS
+    also ships as `openblas-pthread/libblas.so.3`): openblas, mkl, blis, or other."""
     if path is None:
         return None
-    name = Path(path).name.lower()
+    resolved = Path(os.path.realpath(path))
+    name = f"{resolved.parent.name}/{resolved.name}".lower()
     return next((kind for kind in ("openblas", "mkl", "blis") if kind in name), "other")
 
 
@@ -403,7 +405,7 @@ def child_environment(env: dict[str, str]) -> dict[str, str]:
         return env
     env.update(thread_defaults(library, env))
     preload = preloads(env)
-    if library not in preload:
+    if os.path.realpath(library) not in {os.path.realpath(path) for path in preload}:
         env["LD_PRELOAD"] = ":".join([*chain, *preload])
     return env
 
