@@ -46,7 +46,8 @@ INSTALL_HINT = "apt-get install libopenblas0-pthread"
 WHEEL_PACKAGE = "ngsolve_openblas"  # pyproject.toml installs it on Linux x86_64 only
 # One BLAS thread per process unless the user sets any of the family's thread variables: our MLX processes
 # run side by side (trainer or evaluator next to `mlx_lm server`), and OpenBLAS threads that wait for a busy
-# core spin; on a shared 2-core machine 1 thread trained the tiny model 2-7x faster than 2 (bench/blas_speed.py).
+# core spin; on a shared 2-core machine 1 thread trained the tiny model several times faster than 2
+# (docs/BENCHMARKS.md, section blas_speed).
 THREAD_DEFAULTS = {  # family: (variables that mean "the user chose", defaults set before the library loads)
     "openblas": (
         {"OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"},
@@ -320,7 +321,7 @@ def _note_missing(reason: str) -> None:
         return
     os.environ[NOTE_SHOWN_ENV] = "1"  # inherited: one note per process tree
     print(
-        f"flywheel: {reason}; MLX uses the slow reference BLAS of its wheel (~25x slower matmuls). "
+        f"flywheel: {reason}; MLX uses the slow reference BLAS of its wheel (~30x slower matmuls). "
         f"{missing_advice()}, or set {CHOICE_ENV}=/path/to/libopenblas.so.0 "
         f"({CHOICE_ENV}=reference hides this note).",
         file=sys.stderr,
