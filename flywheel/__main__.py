@@ -130,7 +130,7 @@ def headline_comparisons(report: dict) -> list[tuple[str, dict]]:
 
 
 def print_outcome(result, seconds: float, console) -> None:
-    for label, c in headline_comparisons(result.report):
+    for label, c in [] if result.rounds else headline_comparisons(result.report):
         console.print(
             f"{label}: base {c['base_rate']:.0%} → trained {c['adapter_rate']:.0%} of {c['n']} "
             f"(Δ {c['delta']:+.0%}, 95% CI [{c['ci_low']:+.0%}, {c['ci_high']:+.0%}], McNemar p = {c['mcnemar_p']:.4g})"
@@ -140,7 +140,11 @@ def print_outcome(result, seconds: float, console) -> None:
         console.print(
             f"round {r['round']}: adapter {r['round']} solved {c['agent_solved']}/{c['agent_tasks']} held-out tasks, "
             f"{c['exact_calls']}/{c['call_turns']} exact calls vs {r['compared_with']} → "
-            f"{'PROMOTED' if r['decision']['promoted'] else 'kept the best'} ({r['decision']['reason']})"
+            + (
+                "adopted (round 1 is the loop of one round)"
+                if r["round"] == 1
+                else f"{'PROMOTED' if r['decision']['promoted'] else 'kept the best'} ({r['decision']['reason']})"
+            )
         )
     console.print(f"report: {result.report_html}  ·  json: {result.report_json}")
     console.print(

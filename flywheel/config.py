@@ -28,6 +28,7 @@ STUDENT_RECIPE: dict[str, Any] = {
 }
 QUICK_ITERS = 150  # --quick: the CI-sized run
 QUICK_EVAL_LIMIT = 6
+QUICK_ATTEMPT_TASKS = 48
 
 
 class LoopConfig(Settings):
@@ -57,6 +58,7 @@ class LoopConfig(Settings):
     attempts: int = Field(2, ge=1)
     temperature: float = Field(0.7, ge=0)
     attempt_concurrency: int = Field(4, ge=1)
+    attempt_tasks: int | None = Field(None, ge=1)  # None: every train task; else this many, across templates
 
     @field_validator("train")
     @classmethod
@@ -81,7 +83,9 @@ class LoopConfig(Settings):
             return self
         iters = min(self.train.get("iters", STUDENT_RECIPE["iters"]), QUICK_ITERS)
         return self.replace(
-            train={**self.train, "iters": iters}, eval_limit=self.eval_limit or QUICK_EVAL_LIMIT
+            train={**self.train, "iters": iters},
+            eval_limit=self.eval_limit or QUICK_EVAL_LIMIT,
+            attempt_tasks=self.attempt_tasks or QUICK_ATTEMPT_TASKS,
         )
 
     def train_settings(self, student: Path, data_dir: Path, adapter_dir: Path) -> dict[str, Any]:

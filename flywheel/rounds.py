@@ -28,7 +28,7 @@ def attempt(config: LoopConfig, student: Path, adapter: Path | None, suite, trac
     from core.trace import read_records
     from flywheel.serve import serving
 
-    tasks = [task for task in suite.train for _ in range(config.attempts)]
+    tasks = [task for task in attempted_tasks(suite, config) for _ in range(config.attempts)]
     traces.mkdir(parents=True)
     with serving(student, adapter, traces, label=f"round student ({adapter or 'base'})") as served:
         console.print(f"  student: {served.describe()}")
@@ -36,7 +36,7 @@ def attempt(config: LoopConfig, student: Path, adapter: Path | None, suite, trac
             tasks,
             served.base_url,
             "default_model",
-            description=f"attempt · {len(suite.train)} train tasks × {config.attempts}",
+            description=f"attempt · {len(tasks) // config.attempts} train tasks × {config.attempts}",
             concurrency=config.attempt_concurrency,
             max_steps=config.agent_max_steps + 2,
             temperature=config.temperature,
@@ -66,6 +66,23 @@ def attempt(config: LoopConfig, student: Path, adapter: Path | None, suite, trac
         + ", ".join(f"{t} {v['solved']}/{v['episodes']}" for t, v in collection["by_template"].items())
     )
     return {"recorded": collection["recorded"], "solved": collection["solved"]}
+
+
+def attempted_tasks(suite, config: LoopConfig) -> list:
+    """The train tasks the student attempts: all of them, or with `attempt_tasks` that many, taken in turn
+    from each template so every template is tried."""
+    if config.attempt_tasks is None or config.attempt_tasks >= len(suite.train):
+        return list(suite.train)
+    by_template: dict[str, list] = {}
+    for task in suite.train:
+        by_template.setdefault(task.template, []).append(task)
+    queues = list(by_template.values())
+    chosen = []
+    while len(chosen) < config.attempt_tasks:
+        for queue in queues:
+            if queue and len(chosen) < config.attempt_tasks:
+                chosen.append(queue.pop(0))
+    return chosen
 
 
 def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float | None, float | None]:
@@ -105,16 +122,16 @@ def run_rounds(config: LoopConfig, student: Path, suite, all_paths: list, stages
     first = all_paths[0]
     test_split = first.data / "test.jsonl"  # every round is scored on the same held-out turns
     report = json.loads(first.report.read_text())
-    decision = decide(report)
-    best = first.adapter if decision["promoted"] else None
-    summaries = [round_summary(1, first, report, decision, None, best)]
-    console.print(f"round 1: adapter 1 vs base → {decision['reason']}")
+    # round 1 is the loop of one round: its adapter is the one in use; the rule is reported, not applied
+    decision = {**decide(report), "promoted": True, "applied": False}
+    best, best_name = first.adapter, "adapter 1"
+    summaries = [round_summary(1, first, report, decision, "base", best)]
     for paths in all_paths[1:]:
-        k, baseline = paths.number, best
+        k, baseline, baseline_name = paths.number, best, best_name
         console.rule(f"round {k}: the student's own successes")
         stages.run(
             "attempt",
-            f"{k}a attempt the train tasks ({'adapter ' + baseline.name if baseline else 'base'})",
+            f"{k}a the student ({baseline_name}) attempts the train tasks",
             paths.traces,
             lambda paths=paths, baseline=baseline: attempt(
                 config, student, baseline, suite, paths.traces, console
@@ -137,7 +154,7 @@ def run_rounds(config: LoopConfig, student: Path, suite, all_paths: list, stages
         )
         stages.run(
             "evaluate",
-            f"{k}d evaluate adapter {k} vs {'the best adapter' if baseline else 'the base'}",
+            f"{k}d evaluate adapter {k} vs {baseline_name}",
             paths.report,
             lambda paths=paths, baseline=baseline: evaluate_round(
                 config, student, paths, test_split, console, baseline
@@ -146,16 +163,14 @@ def run_rounds(config: LoopConfig, student: Path, suite, all_paths: list, stages
         report = json.loads(paths.report.read_text())
         decision = decide(report)
         if decision["promoted"]:
-            best = paths.adapter
+            best, best_name = paths.adapter, f"adapter {k}"
         console.print(f"round {k}: {decision['reason']}")
-        summaries.append(round_summary(k, paths, report, decision, baseline, best))
+        summaries.append(round_summary(k, paths, report, decision, baseline_name, best))
     write_run_report(config, all_paths[0].report.parent.parent, all_paths[0].report.parent.name, summaries)
     return summaries, best, all_paths[-1]
 
 
-def round_summary(
-    k: int, paths, report: dict, decision: dict, baseline: Path | None, best: Path | None
-) -> dict:
+def round_summary(k: int, paths, report: dict, decision: dict, compared_with: str, best: Path | None) -> dict:
     collection_file = paths.traces / "collection.json"
     collection = json.loads(collection_file.read_text()) if collection_file.exists() else {}
     return {
@@ -164,7 +179,7 @@ def round_summary(
         "data": str(paths.data),
         "adapter": str(paths.adapter),
         "report": str(paths.report),
-        "compared_with": str(baseline) if baseline else "base",
+        "compared_with": compared_with,
         "collection": {
             key: collection.get(key) for key in ("teacher", "episodes", "solved", "by_template", "policy")
         },
