@@ -28,6 +28,7 @@ A task needs tools unless all its checks are answer checks (`say_word`): only re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -267,6 +268,30 @@ def build_suite(data: dict, name: str, path: Path | None = None) -> Suite:
                 raise SuiteError(f"{where}.count.{split}: must be a non-negative integer")
             split_tasks[split] += expand_template(template, pools, split, count, rng, where, seen)
     return Suite(data.get("name", name), split_tasks["train"], split_tasks["held_out"], path)
+
+
+def fresh_train_tasks(suite: Suite, per_template: int, draw: int) -> list[Task]:
+    """`per_template` new tasks for each template the suite trains on, drawn from its *train* pools (never the
+    held-out pools, never a held-out-only template) with prompts no task of the suite has: the new work a
+    deployed student meets. `draw` picks the draw (the same draw gives the same tasks); ids are
+    `<template>-fresh<draw>-NN`."""
+    if suite.path is None:
+        raise SuiteError(f"suite {suite.name!r}: fresh tasks need its file")
+    data = json.loads(suite.path.read_text(encoding="utf-8"))
+    rng = random.Random(f"{data.get('seed', 0)}:fresh:{draw}")
+    seen = {task.prompt for task in suite.tasks}
+    trained = set(suite.templates("train"))
+    tasks = []
+    for index, template in enumerate(data["templates"]):
+        if template.get("name") not in trained:
+            continue
+        where = f"{suite.path}: templates[{index}]"
+        drawn = expand_template(template, data.get("pools", {}), "train", per_template, rng, where, seen)
+        tasks += [
+            dataclasses.replace(task, id=f"{task.template}-fresh{draw}-{i:02d}")
+            for i, task in enumerate(drawn)
+        ]
+    return tasks
 
 
 def available_suites() -> list[str]:

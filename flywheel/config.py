@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -58,7 +58,10 @@ class LoopConfig(Settings):
     attempts: int = Field(2, ge=1)
     temperature: float = Field(0.7, ge=0)
     attempt_concurrency: int = Field(4, ge=1)
-    attempt_tasks: int | None = Field(None, ge=1)  # None: every train task; else this many, across templates
+    attempt_tasks: int | None = Field(None, ge=1)  # None: as many as the suite has train tasks
+    # "fresh": new tasks drawn from the suite's train pools each round (new work, as a deployed student meets);
+    # "train": the suite's own train tasks, which the teacher already solved
+    attempt_on: Literal["fresh", "train"] = "fresh"
 
     @field_validator("train")
     @classmethod

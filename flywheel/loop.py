@@ -26,40 +26,9 @@ from rich.console import Console
 from core import config as config_lib
 from flywheel.config import QUICK_EVAL_LIMIT, QUICK_ITERS, STUDENT_RECIPE, LoopConfig
 from flywheel.stages import Stages
+from flywheel.steps import LoopError, RoundPaths, curate_round, evaluate_round, round_paths, train_round
 
 __all__ = ["QUICK_EVAL_LIMIT", "QUICK_ITERS", "STUDENT_RECIPE", "LoopConfig", "LoopError", "run_loop"]
-
-
-class LoopError(RuntimeError):
-    """A stage could not produce its artifact; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class RoundPaths:
-    number: int
-    traces: Path
-    data: Path
-    adapter: Path
-    report: Path  # the round's evaluation, JSON (the HTML beside it)
-
-
-def round_paths(root: Path, name: str, number: int, several: bool) -> RoundPaths:
-    if not several:
-        return RoundPaths(
-            1,
-            root / "traces" / name,
-            root / "data" / name,
-            root / "adapters" / name,
-            root / "reports" / f"{name}.json",
-        )
-    part = f"round-{number}"
-    return RoundPaths(
-        number,
-        root / "traces" / name / part,
-        root / "data" / name / part,
-        root / "adapters" / name / part,
-        root / "reports" / name / f"{part}.json",
-    )
 
 
 @dataclass
@@ -75,52 +44,6 @@ class LoopResult:
     stage_seconds: dict[str, float]
     reused: list[str]
     rounds: list[dict] | None = None  # with several rounds: each round's summary and promotion decision
-
-
-def curate_round(
-    traces: list[Path], data_dir: Path, config: LoopConfig, student: Path, console, **options
-) -> dict:
-    import curate
-
-    report = curate.run(traces, data_dir, curate.load_config(seed=config.seed, model=str(student), **options))
-    report.print_summary(console)
-    if reason := report.failure_reason():
-        raise LoopError(f"curate: {reason}")
-    return {"split": report.split_counts}
-
-
-def train_round(config: LoopConfig, student: Path, paths: RoundPaths, console) -> dict:
-    import train
-
-    train.run(train.TrainConfig(**config.train_settings(student, paths.data, paths.adapter)), console=console)
-    return {}
-
-
-def evaluate_round(
-    config: LoopConfig,
-    student: Path,
-    paths: RoundPaths,
-    test_split: Path,
-    console,
-    baseline_adapter: Path | None,
-) -> dict:
-    import evaluate
-
-    eval_config = evaluate.EvalConfig(
-        adapter=paths.adapter,
-        model=str(student),
-        baseline_adapter=baseline_adapter,
-        data=test_split,
-        turns=test_split.exists() and test_split.stat().st_size > 0,
-        tasks=config.suite,
-        out_dir=paths.report.parent,
-        name=paths.report.stem,
-        limit=config.eval_limit,
-        agent_max_steps=config.agent_max_steps,
-        seed=config.seed,
-    )
-    evaluate.run(eval_config, console=console)
-    return {}
 
 
 def first_round(config: LoopConfig, student: Path, suite, paths: RoundPaths, stages: Stages, console) -> dict:

@@ -1,9 +1,12 @@
 """Rounds ≥ 2 of the flywheel: the student learns from its own successes, and only a better adapter is promoted.
 
-Round k: the best student so far (the base, or the last promoted adapter) is served by `mlx_lm server` behind
-the recording proxy, exactly as `python -m flywheel serve` serves it to a user, and attempts each of the
-suite's *train* tasks `attempts` times at `temperature`; each episode's outcome is its task's own end-state
-check, written beside the traces (`core.outcomes`, source "check"). Held-out tasks are never attempted. Curate
+Round k: the best student so far (the last promoted adapter) is served by `mlx_lm server` behind the
+recording proxy, exactly as `python -m flywheel serve` serves it to a user, and attempts tasks `attempts`
+times at `temperature`: by default fresh tasks drawn from the suite's *train* pools for this round (new work,
+as a deployed student meets; the suite's own train tasks, `attempt_on = "train"`, were all solved by the teacher,
+so the student's successes on them repeat the teacher's episodes and dedupe removes them); each episode's
+outcome is its task's own end-state check, written beside the traces (`core.outcomes`, source "check").
+Held-out tasks, and the held-out pools, are never attempted. Curate
 reads every round's traces so far with `require_outcome="success"` (the teacher's episodes and the student's
 successes); adapter k is trained from the base on that data with the round-1 recipe; adapter k and the best
 are evaluated paired on the held-out tasks and round 1's held-out turns (the same cases every round); and
@@ -19,16 +22,19 @@ from typing import Any
 
 from flywheel.config import LoopConfig
 from flywheel.promote import decide
+from flywheel.steps import curate_round, evaluate_round, train_round
 
 
-def attempt(config: LoopConfig, student: Path, adapter: Path | None, suite, traces: Path, console) -> dict:
-    """The served student attempts every train task `config.attempts` times; outcomes from the tasks' checks."""
+def attempt(
+    config: LoopConfig, student: Path, adapter: Path | None, suite, traces: Path, draw: int, console
+) -> dict:
+    """The served student attempts each task `config.attempts` times; outcomes from the tasks' own checks."""
     from agent.episodes import run_episodes
     from core.outcomes import append_outcomes, outcome_record
     from core.trace import read_records
     from flywheel.serve import serving
 
-    tasks = [task for task in attempted_tasks(suite, config) for _ in range(config.attempts)]
+    tasks = [task for task in attempted_tasks(suite, config, draw) for _ in range(config.attempts)]
     traces.mkdir(parents=True)
     with serving(student, adapter, traces, label=f"round student ({adapter or 'base'})") as served:
         console.print(f"  student: {served.describe()}")
@@ -36,7 +42,7 @@ def attempt(config: LoopConfig, student: Path, adapter: Path | None, suite, trac
             tasks,
             served.base_url,
             "default_model",
-            description=f"attempt · {len(tasks) // config.attempts} train tasks × {config.attempts}",
+            description=f"attempt · {len(tasks) // config.attempts} {config.attempt_on} tasks × {config.attempts}",
             concurrency=config.attempt_concurrency,
             max_steps=config.agent_max_steps + 2,
             temperature=config.temperature,
@@ -59,6 +65,7 @@ def attempt(config: LoopConfig, student: Path, adapter: Path | None, suite, trac
         "proxy_summary": served.summary,
         "attempts": config.attempts,
         "temperature": config.temperature,
+        "attempt_on": config.attempt_on,
     }
     (traces / "collection.json").write_text(json.dumps(collection, indent=2) + "\n")
     console.print(
@@ -68,21 +75,31 @@ def attempt(config: LoopConfig, student: Path, adapter: Path | None, suite, trac
     return {"recorded": collection["recorded"], "solved": collection["solved"]}
 
 
-def attempted_tasks(suite, config: LoopConfig) -> list:
-    """The train tasks the student attempts: all of them, or with `attempt_tasks` that many, taken in turn
-    from each template so every template is tried."""
-    if config.attempt_tasks is None or config.attempt_tasks >= len(suite.train):
-        return list(suite.train)
-    by_template: dict[str, list] = {}
-    for task in suite.train:
-        by_template.setdefault(task.template, []).append(task)
-    queues = list(by_template.values())
+def attempted_tasks(suite, config: LoopConfig, draw: int) -> list:
+    """What the student attempts in a round: `attempt_tasks` tasks (default: as many as the suite trains on)
+    spread over the train templates: fresh ones from the train pools (`draw` picks them), or the suite's own."""
+    from agent.tasks import fresh_train_tasks
+
+    templates = suite.templates("train")
+    wanted = config.attempt_tasks or len(suite.train)
+    if config.attempt_on == "fresh":
+        per_template = -(-wanted // len(templates))
+        by_template = group_by_template(fresh_train_tasks(suite, per_template, draw))
+    else:
+        by_template = group_by_template(suite.train)
     chosen = []
-    while len(chosen) < config.attempt_tasks:
-        for queue in queues:
-            if queue and len(chosen) < config.attempt_tasks:
+    while len(chosen) < wanted and any(by_template.values()):
+        for queue in by_template.values():
+            if queue and len(chosen) < wanted:
                 chosen.append(queue.pop(0))
     return chosen
+
+
+def group_by_template(tasks: list) -> dict[str, list]:
+    grouped: dict[str, list] = {}
+    for task in tasks:
+        grouped.setdefault(task.template, []).append(task)
+    return grouped
 
 
 def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float | None, float | None]:
@@ -116,7 +133,6 @@ def side_point(report: dict, side: str) -> dict[str, Any]:
 
 def run_rounds(config: LoopConfig, student: Path, suite, all_paths: list, stages, console):
     """Rounds 2..N after round 1 (already run); returns (round summaries, best adapter or None, last paths)."""
-    from flywheel.loop import curate_round, evaluate_round, train_round
     from flywheel.runreport import write_run_report
 
     first = all_paths[0]
@@ -131,10 +147,10 @@ def run_rounds(config: LoopConfig, student: Path, suite, all_paths: list, stages
         console.rule(f"round {k}: the student's own successes")
         stages.run(
             "attempt",
-            f"{k}a the student ({baseline_name}) attempts the train tasks",
+            f"{k}a the student ({baseline_name}) attempts {config.attempt_on} train-distribution tasks",
             paths.traces,
-            lambda paths=paths, baseline=baseline: attempt(
-                config, student, baseline, suite, paths.traces, console
+            lambda paths=paths, baseline=baseline, k=k: attempt(
+                config, student, baseline, suite, paths.traces, k, console
             ),
         )
         traces = [p.traces for p in all_paths[:k]]
