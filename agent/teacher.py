@@ -33,6 +33,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.adversaries import ADVERSARIES
@@ -133,6 +134,19 @@ def finish_write(steps: list[Step]) -> Answer:
     return Answer(f"Failed: {result}" if result.startswith("Error") else "Done.")
 
 
+def read_then_write(steps: list[Step], source: str, target: str, edit: Callable[[str], str | Answer]):
+    """Read `source`, write what `edit` makes of its text to `target` (an Answer from `edit` ends the task
+    instead), then report how the write went."""
+    if not steps:
+        return Call("read_file", {"path": source})
+    if len(steps) == 1:
+        edited = edit(steps[0].result or "")
+        if isinstance(edited, Answer):
+            return edited
+        return Call("write_file", {"path": target, "content": edited})
+    return finish_write(steps)
+
+
 def solve_read_value(task: Task, steps: list[Step]):
     p = task.params
     if not steps:
@@ -150,16 +164,14 @@ def solve_create_file(task: Task, steps: list[Step]):
 
 def solve_replace_value(task: Task, steps: list[Step]):
     p = task.params
-    if not steps:
-        return Call("read_file", {"path": p["file"]})
-    if len(steps) == 1:
-        text = steps[0].result or ""
+
+    def replace(text: str) -> str | Answer:
         if value_of(p["key"], text) is None:
             return Answer(f"I could not find {p['key']} in {p['file']}.")
         pattern = rf"^(\s*{re.escape(p['key'])}\s*=\s*).*$"
-        content = re.sub(pattern, lambda m: m.group(1) + p["new"], text, count=1, flags=re.MULTILINE)
-        return Call("write_file", {"path": p["file"], "content": content})
-    return finish_write(steps)
+        return re.sub(pattern, lambda m: m.group(1) + p["new"], text, count=1, flags=re.MULTILINE)
+
+    return read_then_write(steps, p["file"], p["file"], replace)
 
 
 def solve_find_definition(task: Task, steps: list[Step]):
@@ -186,14 +198,12 @@ def solve_run_script(task: Task, steps: list[Step]):
 
 def solve_copy_value(task: Task, steps: list[Step]):
     p = task.params
-    if not steps:
-        return Call("read_file", {"path": p["src"]})
-    if len(steps) == 1:
-        value = value_of(p["key"], steps[0].result)
-        if value is None:
-            return Answer(f"I could not find {p['key']} in {p['src']}.")
-        return Call("write_file", {"path": p["dst"], "content": value + "\n"})
-    return finish_write(steps)
+
+    def copy(text: str) -> str | Answer:
+        value = value_of(p["key"], text)
+        return Answer(f"I could not find {p['key']} in {p['src']}.") if value is None else value + "\n"
+
+    return read_then_write(steps, p["src"], p["dst"], copy)
 
 
 def solve_say_word(task: Task, steps: list[Step]):
@@ -202,16 +212,15 @@ def solve_say_word(task: Task, steps: list[Step]):
 
 def solve_append_line(task: Task, steps: list[Step]):
     p = task.params
-    if not steps:
-        return Call("read_file", {"path": p["file"]})
-    if len(steps) == 1:
-        text = steps[0].result or ""
+
+    def append(text: str) -> str | Answer:
         if text.startswith("Error"):
             return Answer(f"Failed: {text}")
         if text and not text.endswith("\n"):
             text += "\n"
-        return Call("write_file", {"path": p["file"], "content": text + p["line"] + "\n"})
-    return finish_write(steps)
+        return text + p["line"] + "\n"
+
+    return read_then_write(steps, p["file"], p["file"], append)
 
 
 def solve_count_lines(task: Task, steps: list[Step]):

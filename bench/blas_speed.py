@@ -38,9 +38,8 @@ DEMO_TOTAL = re.compile(r"total (\d+)s: collect (\d+)s, curate (\d+)s, train (\d
 
 
 def worker(out: Path, sizes: list[int], tiny_steps: int, lora_model: str | None, lora_steps: int) -> None:
-    from core.blas import blas_status, ensure_fast_blas, matmul_gflops
+    from core.blas import blas_status, matmul_gflops  # importing core binds the BLAS before mlx loads
 
-    ensure_fast_blas()
     result = {"blas": blas_status(), "load_average": os.getloadavg()[0]}
     # best of three short windows: other processes on the machine only ever slow a window down
     result["matmul_gflops"] = {

@@ -47,12 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-try:
-    from core.blas import ensure_fast_blas
-
-    ensure_fast_blas()
-except ImportError:
-    pass
+from core.cli import command_parser  # noqa: E402  (importing core binds the fast BLAS before mlx loads)
 
 MODEL_NAME = "qwen2.5-coder-0.5b"
 FETCH_COMMAND = f"uv run python -m models fetch {MODEL_NAME}"
@@ -69,12 +64,7 @@ EPILOG = f"""examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bench/real_model.py",
-        description=__doc__.split("\n\n")[0],
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("bench/real_model.py", __doc__.split("\n\n")[0], EPILOG)
     parser.add_argument(
         "--model", type=Path, help=f"mlx-lm model directory (default: the cached {MODEL_NAME})"
     )

@@ -7,6 +7,7 @@
     core.process    the managed subprocess: every server child (mlx_lm server, the proxy, module servers)
     core.scripted   the scripted OpenAI-compatible server (teacher policies, proxy fault scripts plug in)
     core.blas       the fast BLAS for MLX on a Linux CPU
+    core.cli        what the `python -m` commands share: --help layout, one-line errors with an exit code
 
 Importing `core` arranges for `core.blas.ensure_fast_blas()` to run just before the first `import mlx` of the
 process, because MLX binds its BLAS when it loads and cannot change it afterwards: no entry point has to

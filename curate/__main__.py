@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from core.cli import command_parser
+
 EPILOG = """\
 example:
   python -m curate traces/ data/ --seed 1 --split 0.8,0.1,0.1
@@ -38,12 +40,11 @@ def parse_split(text: str) -> tuple[float, float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m curate",
-        description="Turn recorded agent traces into mlx-lm training data: validate, stitch sessions, one sample "
+    parser = command_parser(
+        "python -m curate",
+        "Turn recorded agent traces into mlx-lm training data: validate, stitch sessions, one sample "
         "per assistant turn, strip synthetic markers, convert text-about-tools, check tool calls, dedupe, split.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        EPILOG,
     )
     parser.add_argument(
         "paths",

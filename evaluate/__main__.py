@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from core.cli import command_parser
 from evaluate.config import EvalConfig
 
 EPILOG = """\
@@ -37,12 +38,11 @@ D = EvalConfig()  # the defaults, shown in --help; flags default to None so a --
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m evaluate",
-        description="Evaluate a model (and adapter) on held-out tool-call turns and agent tasks, "
+    parser = command_parser(
+        "python -m evaluate",
+        "Evaluate a model (and adapter) on held-out tool-call turns and agent tasks, "
         "compare it with its base model, and write a JSON + HTML report.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        EPILOG,
     )
     parser.add_argument("--config", type=Path, help="TOML file of settings (flags override it)")
     what = parser.add_argument_group("what to evaluate")

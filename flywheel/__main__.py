@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from core.cli import command_parser
+
 EPILOG = """examples:
   uv run python -m flywheel                      # the whole loop on the tiny student (a few minutes)
   uv run python -m flywheel --quick              # CI-sized
@@ -26,12 +28,7 @@ EPILOG = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m flywheel",
-        description=__doc__.split("\n\n")[1],
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("python -m flywheel", __doc__.split("\n\n")[1], EPILOG)
     parser.add_argument(
         "--config", type=Path, help="a TOML file of loop settings, with a [train] table (flags override it)"
     )

@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from core.cli import command_parser, fail
 from proxy.server import DEFAULT_LISTEN, LOOPBACK_HOSTS, parse_listen, parse_upstream, serve
 
+PROG = "python -m proxy"
 EPILOG = """\
 example:
   python -m mlx_lm server --model ./my-model --port 8080 &
@@ -32,12 +34,11 @@ An exchange that cannot be recorded (full disk, ...) is listed, with its reason,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m proxy",
-        description="Reverse proxy (mitmproxy) in front of an OpenAI-compatible server that records every "
+    parser = command_parser(
+        PROG,
+        "Reverse proxy (mitmproxy) in front of an OpenAI-compatible server that records every "
         "chat-completions exchange as a trace record, forwarding streams chunk by chunk.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        EPILOG,
     )
     parser.add_argument(
         "--upstream", required=True, help="root URL of the model server, e.g. http://127.0.0.1:8080"
@@ -103,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         host, port = parse_listen(args.listen)
         policy = policy_of(args)
     except ValueError as error:
-        print(f"python -m proxy: error: {error}", file=sys.stderr)
-        return 2
+        return fail(PROG, error, 2)
     logging.basicConfig(level=logging.WARNING, format="proxy: %(levelname)s: %(message)s", stream=sys.stderr)
     if host not in LOOPBACK_HOSTS:
         logging.getLogger("proxy").warning(
@@ -144,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 1
     except OSError as error:
-        print(f"python -m proxy: error: {error}", file=sys.stderr)
-        return 1
+        return fail(PROG, error, 1)
     seconds = time.monotonic() - started
     trace_file = Path(where.get("trace_file", args.trace_file or args.traces))
     try:  # after SIGHUP the terminal may be gone

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,50 +123,10 @@ class Recorder:
                 flow.response.stream = True
 
     def response(self, flow: http.HTTPFlow) -> None:
-        exchange = self._take(flow)
-        if exchange is None:
-            return
-        try:
-            exchange.status = flow.response.status_code
-            if not exchange.streamed:
-                exchange.body = flow.response.get_content(strict=False) or b""
-                exchange.ended = flow.response.timestamp_end or time.time()
-            elif exchange.ended is None:
-                exchange.ended = time.time()
-            exchange.finished = True
-        except Exception as problem:
-            log.exception("recorder: response hook failed")
-            exchange.failure, exchange.failure_message = (
-                "recording_error",
-                f"{type(problem).__name__}: {problem}",
-            )
-        self.records.submit(exchange)
+        self._finish(flow, "response", _fill_response)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        exchange = self._take(flow)
-        if exchange is None:
-            return
-        try:
-            message = flow.error.msg if flow.error else "unknown error"
-            if flow.response is not None:
-                exchange.status = flow.response.status_code
-            if "client disconnected" in message.lower():
-                exchange.failure = CLIENT_DISCONNECTED
-            elif flow.response is None and not flow.server_conn.timestamp_tcp_setup:
-                exchange.failure = UPSTREAM_UNREACHABLE
-                exchange.status = 502  # what mitmproxy answers the client
-            else:
-                exchange.failure = UPSTREAM_ERROR
-                if exchange.status is None:
-                    exchange.status = 502
-            exchange.failure_message = message
-        except Exception as problem:
-            log.exception("recorder: error hook failed")
-            exchange.failure, exchange.failure_message = (
-                "recording_error",
-                f"{type(problem).__name__}: {problem}",
-            )
-        self.records.submit(exchange)
+        self._finish(flow, "error", _fill_error)
 
     def done(self) -> None:
         """Shutdown: exchanges still in flight are recorded as incomplete, then the queue is drained."""
@@ -183,6 +144,50 @@ class Recorder:
         if exchange is not None:
             self.in_flight.pop(exchange.id, None)
         return exchange
+
+    def _finish(
+        self, flow: http.HTTPFlow, hook: str, fill: Callable[[Exchange, http.HTTPFlow], None]
+    ) -> None:
+        """The last hook of a recorded flow: `fill` completes its exchange, which is then submitted. If `fill`
+        raises, the exchange is still submitted, as a recording_error record: never lost, never raised."""
+        exchange = self._take(flow)
+        if exchange is None:
+            return
+        try:
+            fill(exchange, flow)
+        except Exception as problem:
+            log.exception("recorder: %s hook failed", hook)
+            exchange.failure, exchange.failure_message = (
+                "recording_error",
+                f"{type(problem).__name__}: {problem}",
+            )
+        self.records.submit(exchange)
+
+
+def _fill_response(exchange: Exchange, flow: http.HTTPFlow) -> None:
+    exchange.status = flow.response.status_code
+    if not exchange.streamed:
+        exchange.body = flow.response.get_content(strict=False) or b""
+        exchange.ended = flow.response.timestamp_end or time.time()
+    elif exchange.ended is None:
+        exchange.ended = time.time()
+    exchange.finished = True
+
+
+def _fill_error(exchange: Exchange, flow: http.HTTPFlow) -> None:
+    message = flow.error.msg if flow.error else "unknown error"
+    if flow.response is not None:
+        exchange.status = flow.response.status_code
+    if "client disconnected" in message.lower():
+        exchange.failure = CLIENT_DISCONNECTED
+    elif flow.response is None and not flow.server_conn.timestamp_tcp_setup:
+        exchange.failure = UPSTREAM_UNREACHABLE
+        exchange.status = 502  # what mitmproxy answers the client
+    else:
+        exchange.failure = UPSTREAM_ERROR
+        if exchange.status is None:
+            exchange.status = 502
+    exchange.failure_message = message
 
 
 def feedback(request: http.Request, traces_dir: Path) -> http.Response:

@@ -1,4 +1,4 @@
-"""Session fixtures shared by every test: the tiny models (built once, cached) and a served tool model."""
+"""Fixtures shared by every test: the tiny models (built once, cached), a served tool model, the task suite."""
 
 from __future__ import annotations
 
@@ -62,6 +62,14 @@ def tool_model():
     from models.tiny import cached_model
 
     return cached_model("tool-calling")
+
+
+@pytest.fixture(scope="module")
+def suite():
+    """The default task suite (agent/suites/default.json), loaded once per test module."""
+    from agent.tasks import load_suite
+
+    return load_suite("default")
 
 
 @pytest.fixture(scope="session")

@@ -17,11 +17,6 @@ from agent.tools import AGENT_TOOLS
 from core.trace import SESSION_HEADER
 
 
-@pytest.fixture(scope="module")
-def suite():
-    return load_suite("default")
-
-
 def first(suite, template: str, split: str = "train") -> Task:
     return next(t for t in suite.split(split) if t.template == template)
 

@@ -430,24 +430,30 @@ def test_same_seed_same_numbers_bitwise_whatever_the_line_order(tmp_path, model_
         assert numbers(other) == first
 
 
+def train_tiny(model_dir: Path, data_dir: Path, adapter: Path, **settings) -> Path:
+    """`train.loop.run` in this process: the tiny model on the test data into `adapter`, no timing steps."""
+    from train.loop import run
+
+    return run(
+        TrainConfig(
+            model=str(model_dir), data=str(data_dir), adapter=str(adapter), timing_steps=0, **settings
+        )
+    )
+
+
 def test_full_fine_tune_loads_as_adapter(tmp_path, model_dir, data_dir):
     import mlx.core as mx
     from mlx_lm import load
 
-    from train.loop import run
-
-    adapter = run(
-        TrainConfig(
-            model=str(model_dir),
-            data=str(data_dir),
-            adapter=str(tmp_path / "full"),
-            fine_tune_type="full",
-            num_layers=-1,
-            iters=6,
-            learning_rate=1e-3,
-            save_every=6,
-            timing_steps=0,
-        )
+    adapter = train_tiny(
+        model_dir,
+        data_dir,
+        tmp_path / "full",
+        fine_tune_type="full",
+        num_layers=-1,
+        iters=6,
+        learning_rate=1e-3,
+        save_every=6,
     )
     weights = mx.load(str(adapter / "adapters.safetensors"))
     assert "model.embed_tokens.weight" in weights and "model.norm.weight" in weights  # everything trained
@@ -458,23 +464,19 @@ def test_full_fine_tune_loads_as_adapter(tmp_path, model_dir, data_dir):
 
 
 def test_select_by_tool_success_with_patience(tmp_path, model_dir, data_dir):
-    from train.loop import run
     from train.manifest import sha256_file
 
-    adapter = run(
-        TrainConfig(
-            model=str(model_dir),
-            data=str(data_dir),
-            adapter=str(tmp_path / "sel"),
-            iters=40,
-            learning_rate=2e-4,
-            save_every=5,
-            select_by="tool-success",
-            patience=2,
-            select_samples=4,
-            timing_steps=0,
-            steps_per_eval=100,
-        )
+    adapter = train_tiny(
+        model_dir,
+        data_dir,
+        tmp_path / "sel",
+        iters=40,
+        learning_rate=2e-4,
+        save_every=5,
+        select_by="tool-success",
+        patience=2,
+        select_samples=4,
+        steps_per_eval=100,
     )
     manifest = json.loads((adapter / "manifest.json").read_text())
     selection = manifest["selection"]
