@@ -200,7 +200,10 @@ def draw_params(specs: dict, pools: dict, split: str, rng: random.Random, where:
     return params
 
 
-def expand_template(template: dict, pools: dict, split: str, count: int, rng, where: str, seen: set) -> list:
+def expand_template(
+    template: dict, pools: dict, split: str, count: int, rng, where: str, seen: set, *, exact: bool = True
+) -> list:
+    """`count` tasks with prompts not in `seen`; fewer only when not `exact` and the pools run out."""
     for key in ("name", "prompt", "checks"):
         if key not in template:
             raise SuiteError(f"{where}.{key}: missing")
@@ -238,7 +241,8 @@ def expand_template(template: dict, pools: dict, split: str, count: int, rng, wh
         task_id = f"{template['name']}-{split}-{len(tasks):02d}"
         tasks.append(Task(task_id, template["name"], prompt, files, task_checks, split, params))
     else:
-        raise SuiteError(f"{where}: could not draw {count} distinct {split} prompts; widen its pools")
+        if exact:
+            raise SuiteError(f"{where}: could not draw {count} distinct {split} prompts; widen its pools")
     return tasks
 
 
@@ -270,11 +274,12 @@ def build_suite(data: dict, name: str, path: Path | None = None) -> Suite:
     return Suite(data.get("name", name), split_tasks["train"], split_tasks["held_out"], path)
 
 
-def fresh_train_tasks(suite: Suite, per_template: int, draw: int) -> list[Task]:
+def fresh_train_tasks(suite: Suite, per_template: int | dict[str, int], draw: int) -> list[Task]:
     """`per_template` new tasks for each template the suite trains on, drawn from its *train* pools (never the
     held-out pools, never a held-out-only template) with prompts no task of the suite has: the new work a
     deployed student meets. `draw` picks the draw (the same draw gives the same tasks); ids are
-    `<template>-fresh<draw>-NN`."""
+    `<template>-fresh<draw>-NN`. Given counts by template, only those templates, each with as many new prompts
+    as its pools still hold up to its count."""
     if suite.path is None:
         raise SuiteError(f"suite {suite.name!r}: fresh tasks need its file")
     data = json.loads(suite.path.read_text(encoding="utf-8"))
@@ -283,10 +288,13 @@ def fresh_train_tasks(suite: Suite, per_template: int, draw: int) -> list[Task]:
     trained = set(suite.templates("train"))
     tasks = []
     for index, template in enumerate(data["templates"]):
-        if template.get("name") not in trained:
+        name = template.get("name")
+        if name not in trained:
             continue
         where = f"{suite.path}: templates[{index}]"
-        drawn = expand_template(template, data.get("pools", {}), "train", per_template, rng, where, seen)
+        count = per_template.get(name, 0) if isinstance(per_template, dict) else per_template
+        exact = not isinstance(per_template, dict)
+        drawn = expand_template(template, data.get("pools", {}), "train", count, rng, where, seen, exact=exact)
         tasks += [
             dataclasses.replace(task, id=f"{task.template}-fresh{draw}-{i:02d}")
             for i, task in enumerate(drawn)

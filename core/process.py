@@ -346,3 +346,75 @@ class MlxServer(ManagedProcess):
 
     def environment(self) -> dict[str, str]:
         return server_environment()
+
+
+# How long `python -m proxy` may take to stop once signalled: exchanges in flight get PROXY_GRACE_SECONDS, the
+# recorder PROXY_DRAIN_SECONDS to write what is queued, and PROXY_ABANDON_SECONDS after a second Ctrl-C. They
+# live here because the wrapper below must wait longer than all of them before SIGKILL, or the summary and the
+# last records are lost; the proxy takes them from here.
+PROXY_GRACE_SECONDS = 2.0
+PROXY_DRAIN_SECONDS = 30.0
+PROXY_ABANDON_SECONDS = 1.0
+PROXY_STOP_TIMEOUT = PROXY_GRACE_SECONDS + PROXY_DRAIN_SECONDS + PROXY_ABANDON_SECONDS + 15.0
+
+
+class RecordingProxy(ManagedProcess):
+    """Ready when the child prints its "listening" event (it binds a free port itself); `stop()` returns the
+    summary from its "stopped" event."""
+
+    log_prefix = "flywheel-proxy"
+    ready_event = "listening"
+
+    def __init__(
+        self,
+        upstream: str,
+        traces_dir: Path | str,
+        listen_host: str = "127.0.0.1",
+        listen_port: int | None = None,
+        *,
+        trace_file: Path | str | None = None,
+        startup_timeout: float = 60.0,
+        log_path: Path | None = None,
+        policy: dict | None = None,
+    ):
+        super().__init__(
+            host=listen_host, port=listen_port, startup_timeout=startup_timeout, log_path=log_path
+        )
+        self.stop_timeout = PROXY_STOP_TIMEOUT
+        self.upstream = upstream
+        self.traces_dir = Path(traces_dir)
+        self.listen_port = listen_port  # None: a free port
+        self.trace_file: Path | None = Path(trace_file) if trace_file else None
+        self.policy = policy  # recorded in every record (`python -m proxy --policy-json`)
+
+    @property
+    def name(self) -> str:
+        return "proxy"
+
+    @property
+    def listen_host(self) -> str:
+        return self.host
+
+    def command(self) -> list[str]:
+        cmd = python_command("proxy", "--upstream", self.upstream, "--json")
+        cmd += ["--listen", f"{self.host}:{self.listen_port or 0}", "--traces", str(self.traces_dir)]
+        if self.trace_file is not None:
+            cmd += ["--trace-file", str(self.trace_file)]
+        if self.policy:
+            cmd += ["--policy-json", json.dumps(self.policy)]
+        return cmd
+
+    def on_ready(self, event: dict) -> None:
+        self.trace_file = Path(event["trace_file"])
+
+    @property
+    def summary(self) -> dict | None:
+        """The proxy's own counts, printed when it stopped (None before, or if it died without them)."""
+        return next((e for e in reversed(self.events) if e.get("event") == "stopped"), None)
+
+    def stop(self, timeout: float | None = None, *, interrupted: bool = False) -> dict | None:
+        """Stop the proxy (SIGTERM: it writes every finished exchange) and return its summary."""
+        if timeout is not None:
+            self.stop_timeout = timeout
+        super().stop(interrupted=interrupted)
+        return self.summary

@@ -39,7 +39,7 @@ def side_episodes(
                 tasks, mlx_server.base_url, DEFAULT_ALIAS, description=description, **options
             )
             return checked(episodes, started, mlx_server.base_url), None
-        from proxy import RecordingProxy
+        from core.process import RecordingProxy
 
         recording = RecordingProxy(mlx_server.url, traces / side.label)
         with recording:

@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attempts", type=int, help="rounds ≥ 2: attempts per train task (default 2)")
     parser.add_argument("--temperature", type=float, help="rounds ≥ 2: sampling temperature (default 0.7)")
     parser.add_argument(
+        "--attempt-focus",
+        type=int,
+        help="rounds ≥ 2: this many more attempts, shared among templates by how often the student failed them",
+    )
+    parser.add_argument(
         "--fine-tune-type",
         choices=["full", "lora", "dora"],
         help="default: lora (rank 32 on every linear layer)",

@@ -46,8 +46,8 @@ def collect(config, suite, traces_dir: Path, console: Console) -> dict:
     from agent.episodes import run_episodes
     from agent.teacher import Teacher
     from core.outcomes import append_outcomes, outcome_record
+    from core.process import RecordingProxy
     from core.trace import read_records
-    from proxy import RecordingProxy
 
     tasks = [task for task in suite.train for _ in range(config.episodes_per_task)]
     with ExitStack() as stack:

@@ -62,6 +62,8 @@ class LoopConfig(Settings):
     # "fresh": new tasks drawn from the suite's train pools each round (new work, as a deployed student meets);
     # "train": the suite's own train tasks, which the teacher already solved
     attempt_on: Literal["fresh", "train"] = "fresh"
+    # this many more fresh attempts, shared among templates by how often the student failed them first
+    attempt_focus: int = Field(0, ge=0)
 
     @field_validator("train")
     @classmethod

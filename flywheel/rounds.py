@@ -36,17 +36,23 @@ def attempt(
 
     tasks = [task for task in attempted_tasks(suite, config, draw) for _ in range(config.attempts)]
     traces.mkdir(parents=True)
+    options = {
+        "concurrency": config.attempt_concurrency,
+        "max_steps": config.agent_max_steps + 2,
+        "temperature": config.temperature,
+    }
     with serving(student, adapter, traces, label=f"round student ({adapter or 'base'})") as served:
         console.print(f"  student: {served.describe()}")
-        episodes = run_episodes(
-            tasks,
-            served.base_url,
-            "default_model",
-            description=f"attempt · {len(tasks) // config.attempts} {config.attempt_on} tasks × {config.attempts}",
-            concurrency=config.attempt_concurrency,
-            max_steps=config.agent_max_steps + 2,
-            temperature=config.temperature,
+        description = (
+            f"attempt · {len(tasks) // config.attempts} {config.attempt_on} tasks × {config.attempts}"
         )
+        episodes = run_episodes(tasks, served.base_url, "default_model", description=description, **options)
+        if config.attempt_focus:
+            extra = focused_tasks(suite, episodes, config.attempt_focus, draw)
+            description = f"attempt · {len(extra)} more where it failed most"
+            episodes += run_episodes(
+                extra, served.base_url, "default_model", description=description, **options
+            )
     append_outcomes(
         traces,
         [
@@ -66,6 +72,7 @@ def attempt(
         "attempts": config.attempts,
         "temperature": config.temperature,
         "attempt_on": config.attempt_on,
+        "attempt_focus": config.attempt_focus,
     }
     (traces / "collection.json").write_text(json.dumps(collection, indent=2) + "\n")
     console.print(
@@ -93,6 +100,20 @@ def attempted_tasks(suite, config: LoopConfig, draw: int) -> list:
             if queue and len(chosen) < wanted:
                 chosen.append(queue.pop(0))
     return chosen
+
+
+def focused_tasks(suite, episodes: list, budget: int, draw: int) -> list:
+    """`budget` more fresh tasks, shared among templates in proportion to how often the student failed them
+    in `episodes` (a template it always solves gets none): where its own successes are rarest and most needed.
+    A template whose train pools hold fewer new prompts gets only those."""
+    from agent.tasks import fresh_train_tasks
+
+    failed = Counter(e.template for e in episodes if not e.success)
+    total = sum(failed.values())
+    if not total:
+        return []
+    shares = {t: round(budget * n / total) for t, n in failed.items()}
+    return fresh_train_tasks(suite, shares, 1000 + draw)
 
 
 def group_by_template(tasks: list) -> dict[str, list]:

@@ -60,8 +60,7 @@ def serving(
 ) -> Iterator[Served]:
     """`mlx_lm server` for `model` (+ `adapter`) on a free loopback port, the recording proxy in front of it;
     both stopped on exit (the proxy first, so that it drains)."""
-    from core.process import MlxServer
-    from proxy import RecordingProxy
+    from core.process import MlxServer, RecordingProxy
 
     policy = policy_identity(model, adapter, label)
     with MlxServer(model, adapter_path=adapter, max_tokens=max_tokens) as server:

@@ -36,12 +36,13 @@ from pathlib import Path
 from queue import Empty
 from typing import Any
 
+from core.process import PROXY_ABANDON_SECONDS, PROXY_DRAIN_SECONDS
 from core.trace import TraceWriter, loss_file_for, utc_now
 
 log = logging.getLogger("proxy")
 
-DRAIN_SECONDS = 30.0  # how long stopping waits for the recorder to write what is queued
-ABANDON_SECONDS = 1.0  # after a second Ctrl-C: for the recorder to finish the record in hand
+DRAIN_SECONDS = PROXY_DRAIN_SECONDS  # how long stopping waits for the recorder to write what is queued
+ABANDON_SECONDS = PROXY_ABANDON_SECONDS  # after a second Ctrl-C: for the recorder to finish the record in hand
 RESTART_INTERVAL = 1.0  # a recorder that dies this soon, having written nothing, is restarted after a pause
 MAX_ATTEMPTS = 3  # recorders that may die holding an exchange before it is counted lost
 MAX_RESTARTS = 20

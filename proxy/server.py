@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from core.process import PROXY_GRACE_SECONDS
 from core.trace import loss_file_for, run_file_name
 
 log = logging.getLogger("proxy")
@@ -148,7 +149,7 @@ async def serve(
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-GRACE_SECONDS = 2.0
+GRACE_SECONDS = PROXY_GRACE_SECONDS
 
 
 def install_stop_signals(master, ready: _Ready, recorder) -> None:

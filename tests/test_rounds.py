@@ -171,3 +171,27 @@ def test_the_gate_refuses_a_worse_adapter_and_keeps_the_one_in_use(two_rounds, t
     assert not decision["promoted"]
     agent = decision["checks"][0]
     assert not agent["passed"] and agent["candidate"] <= agent["baseline"]
+
+
+def test_focused_attempts_go_where_the_student_failed(suite):
+    from types import SimpleNamespace
+
+    from flywheel.rounds import focused_tasks
+
+    templates = suite.templates("train")
+    solved, half, never = "say_word", "read_value", "create_file"
+    episodes = (
+        [SimpleNamespace(template=solved, success=True)] * 4
+        + [SimpleNamespace(template=half, success=s) for s in (True, False, True, False)]
+        + [SimpleNamespace(template=never, success=False)] * 6
+    )
+    extra = focused_tasks(suite, episodes, 16, draw=1)
+    counts = {t: sum(task.template == t for task in extra) for t in templates}
+    assert counts[solved] == 0
+    assert (counts[half], counts[never]) == (4, 12)
+    own = {task.prompt for task in suite.tasks}
+    assert not own & {task.prompt for task in extra}
+    assert focused_tasks(suite, episodes[:4], 16, draw=1) == []
+    # a template whose train pools are nearly spent gets what they still hold, not an error
+    narrow = [SimpleNamespace(template="find_definition", success=False)]
+    assert 0 < len(focused_tasks(suite, narrow, 50, draw=1)) < 50
