@@ -5,20 +5,25 @@
     episodes = run_episodes(suite.held_out, base_url, model_name)      # many, with a progress bar
 
 Tools are read_file(path), write_file(path, content), list_files(path) and run_command(command, args, cwd?),
-advertised with exactly the JSON schemas of `models.tiny.AGENT_TOOLS`. A sandbox refusal or a failing
+advertised with exactly the JSON schemas of `agent.tools.AGENT_TOOLS`. A sandbox refusal or a failing
 command is an ordinary tool result ("Error: ..." / {"exit_code": 1, ...}); arguments that fail validation (or an
 unknown tool name) make pydantic-ai send a retry prompt, counted as an invalid call; an empty response (what
 mlx_lm.server returns when the model wrote malformed tool JSON) makes pydantic-ai resend the request, counted
 in `empty_responses` and `retries`; `retries` counts every retry prompt and resend. Every HTTP request carries
 `X-Flywheel-Session: <session id>` so the recording proxy can group an episode's requests. The number of model
 requests is bounded by `max_steps` and the episode by `timeout`: a looping model ends as a failure, not a hang.
-Sampling is greedy (temperature 0); the OpenAI client does not retry failed requests (max_retries=0), so each
+Sampling is greedy (temperature 0) unless `temperature` is given; the OpenAI client does not retry failed requests (max_retries=0), so each
 model request is one HTTP request.
+
+An episode records each tool call with its arguments and whether it succeeded (`calls`: no tool error, a
+command's exit code 0), which the suite's `tool_result` checks take as the evidence of tool use, and the
+`model` every response named (`models`), so a caller can tell which model answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
@@ -33,7 +38,7 @@ from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import UsageLimits
 
 from agent.sandbox import ToolError, Workspace
-from agent.tasks import Task, run_checks
+from agent.tasks import Task, ToolUse, run_checks
 from agent.tools import AGENT_TOOLS, SYSTEM_PROMPT
 from core.toolcalls import decode_arguments
 from core.trace import SESSION_HEADER
@@ -60,7 +65,8 @@ class Episode:
     tool_errors: int = 0
     empty_responses: int = 0
     failed_checks: list[str] = field(default_factory=list)
-    calls: list[dict] = field(default_factory=list)
+    calls: list[dict] = field(default_factory=list)  # {"name", "arguments", "ok"}: what ran, and whether it worked
+    models: list[str] = field(default_factory=list)  # the `model` the server's responses named
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,6 +128,7 @@ def build_agent(
     request_timeout: float = 120.0,
     http_client=None,
     api_key: str = "flywheel-local",
+    temperature: float = 0.0,
 ) -> Agent:
     """A pydantic-ai Agent that talks to `base_url` (an OpenAI-style …/v1) and acts in `workspace`."""
     headers = {SESSION_HEADER: session_id or uuid.uuid4().hex}
@@ -134,7 +141,7 @@ def build_agent(
         http_client=http_client,
     )
     model = OpenAIChatModel(model_name, provider=OpenAIProvider(openai_client=client))
-    settings = ModelSettings(temperature=0.0)
+    settings = ModelSettings(temperature=temperature)
     if max_tokens is not None:
         settings["max_tokens"] = max_tokens
     return Agent(
@@ -148,9 +155,9 @@ def build_agent(
 
 
 def count_messages(messages) -> dict:
-    """Tool calls, invalid calls, retries, tool errors, empty responses, model responses (`steps`) and the
-    list of calls made, from a run's messages."""
-    counts = {"tool_calls": 0, "invalid_calls": 0, "retries": 0, "tool_errors": 0, "steps": 0, "calls": []}
+    """Tool calls, invalid calls, retries, tool errors, empty responses and model responses (`steps`) of a
+    run's messages."""
+    counts = dict.fromkeys(("tool_calls", "invalid_calls", "retries", "tool_errors", "steps"), 0)
     counts["empty_responses"] = 0
     for index, message in enumerate(messages):
         if isinstance(message, ModelResponse) and not message.parts:
@@ -160,7 +167,6 @@ def count_messages(messages) -> dict:
         for part in message.parts:
             if isinstance(part, ToolCallPart):
                 counts["tool_calls"] += 1
-                counts["calls"].append({"name": part.tool_name, "arguments": part.args})
             elif isinstance(part, RetryPromptPart):
                 counts["retries"] += 1
                 counts["invalid_calls"] += part.tool_name is not None
@@ -168,6 +174,44 @@ def count_messages(messages) -> dict:
                 counts["tool_errors"] += str(part.content).startswith(TOOL_ERROR_PREFIX)
         counts["steps"] += isinstance(message, ModelResponse)
     return counts
+
+
+def tool_outcome(name: str, content) -> tuple[bool, str]:
+    """(ran without error, what it returned) of a tool's return value; a command must also exit 0."""
+    text = content if isinstance(content, str) else json.dumps(content)
+    if text.startswith(TOOL_ERROR_PREFIX):
+        return False, text
+    if name == "run_command":
+        try:
+            result = json.loads(text)
+            return result.get("exit_code") == 0, str(result.get("output", ""))
+        except (json.JSONDecodeError, AttributeError):
+            return False, text
+    return True, text
+
+
+def tool_uses(messages) -> list[ToolUse]:
+    """Every tool call of a run, in order, with its outcome: the tool's return (matched by tool_call_id), or
+    the retry prompt that refused its arguments (not ok); `ok` stays None for a call never answered."""
+    uses: list[ToolUse] = []
+    by_id: dict[str, ToolUse] = {}
+    for message in messages:
+        for part in message.parts:
+            if isinstance(part, ToolCallPart):
+                use = ToolUse(part.tool_name, decode_arguments(part.args), None)
+                uses.append(use)
+                by_id[part.tool_call_id] = use
+            elif isinstance(part, ToolReturnPart) and part.tool_call_id in by_id:
+                use = by_id[part.tool_call_id]
+                use.ok, use.result = tool_outcome(use.name, part.content)
+            elif isinstance(part, RetryPromptPart) and part.tool_call_id in by_id and part.tool_name:
+                by_id[part.tool_call_id].ok = False
+    return uses
+
+
+def response_models(messages) -> list[str]:
+    """The `model` every response of the run named (what the server says answered)."""
+    return sorted({m.model_name for m in messages if isinstance(m, ModelResponse) and m.model_name})
 
 
 def describe(error: BaseException) -> str:
@@ -208,7 +252,8 @@ async def run_episode_async(
         if agent_options.get("http_client") is None:  # ours: close its connections now
             await agent.model.client.close()
         counts = count_messages(messages)
-        checks = run_checks(task, workspace.path, answer)
+        uses = tool_uses(messages)
+        checks = run_checks(task, workspace.path, answer, uses)
     failed = [f"{r.check['type']}: {r.detail}" for r in checks if not r.passed]
     return Episode(
         task_id=task.id,
@@ -226,7 +271,8 @@ async def run_episode_async(
         tool_errors=counts["tool_errors"],
         empty_responses=counts["empty_responses"],
         failed_checks=failed,
-        calls=[{"name": c["name"], "arguments": decode_arguments(c["arguments"])} for c in counts["calls"]],
+        calls=[{"name": use.name, "arguments": use.arguments, "ok": use.ok} for use in uses],
+        models=response_models(messages),
     )
 
 

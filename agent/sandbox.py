@@ -8,7 +8,7 @@ Confinement rules (a refusal raises `ToolError`; the agent hands its message to 
   confined like a file path, arguments that are absolute paths or contain `..` segments refused, stdin closed,
   a clean environment (no proxy variables, HOME = the workspace), a timeout that kills the whole process group,
   and stdout+stderr truncated to `max_output` characters; the result is JSON {"exit_code", "output"}, the shape
-  `models.tiny`'s training samples use;
+  `models.tooldata`'s training samples use;
 - no network for commands: on Linux the command runs under `unshare -rn` (falling back to `unshare -n`, which
   needs root), a fresh network namespace where even loopback is down; on macOS under `sandbox-exec` with a
   deny-network profile, if a probe run of it succeeds (Apple deprecated sandbox-exec; that path is untested

@@ -7,36 +7,54 @@ A suite file (see `suites/default.json`) holds a `seed`, named `pools` of values
   {"lines": p, "pool": name} (p random pool values, one a line), optionally with "distinct_from": [params],
 - `prompt`, `files` {path: content} and `checks`, where `{param}` is replaced by its value (`{{` for `{`).
 
-Checks are declarative end-state tests, all of which must pass:
-  answer_contains / answer_not_contains {"value"}           the agent's final answer (case-sensitive)
-  file_equals {"path", "value"}                             file text, ignoring trailing newlines
+Checks are declarative tests of the end state and of the episode's tool calls, all of which must pass:
+  answer_value {"value"}              the final answer names `value` as a value (a number as a whole number,
+                                      a word or file name as a whole word) and no competing candidate: no
+                                      other number (for a number), no other file of the task (for a word)
+  answer_contains / answer_not_contains {"value"}           substring of the final answer (case-sensitive)
+  file_value {"path", "value"}        the file's text names `value` as a value, as answer_value
+  file_equals {"path", "value"}       file text, ignoring trailing newlines
   file_contains / file_not_contains {"path", "value"}
+  tool_result {"tool"?, "path"?, "contains"?}   evidence of tool use: a call that succeeded (no tool error,
+                                      exit code 0) of `tool` (one name or several as "a|b"), naming `path` as
+                                      its path or one of its arguments, whose result (a command's output)
+                                      contains `contains`: "the file was read", "the script was run"
+A task needs tools unless all its checks are answer checks (`say_word`): only real tool use can pass it.
 
     suite = load_suite("default")            # or a path to a .json file
     suite.train, suite.held_out              # lists of Task
-    results = run_checks(task, workspace_dir, answer)
+    results = run_checks(task, workspace_dir, answer, calls)   # calls: the episode's ToolUse list
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 SUITES_DIR = Path(__file__).parent / "suites"
 SPLITS = ("train", "held_out")
-CHECK_TYPES = {
+CHECK_TYPES = {  # check type -> its required string fields
+    "answer_value": ("value",),
     "answer_contains": ("value",),
     "answer_not_contains": ("value",),
+    "file_value": ("path", "value"),
     "file_equals": ("path", "value"),
     "file_contains": ("path", "value"),
     "file_not_contains": ("path", "value"),
+    "tool_result": (),
 }
+EVIDENCE_FIELDS = ("tool", "path", "contains")  # tool_result's optional fields, at least one given
 PARAM_KINDS = ("pool", "choice", "int", "sum", "lines")
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{(\w+)\}")
 MAX_ATTEMPTS = 2000
+# A number as a whole token: not part of a word, a file name or a longer number ("file2.txt", "5970", "1.5").
+NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?!\w|\.\d)")
 
 
 class SuiteError(ValueError):
@@ -55,6 +73,22 @@ class Task:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def needs_tools(self) -> bool:
+        """Whether only tool use can pass the task (some check looks at files or at tool calls)."""
+        return any(not check["type"].startswith("answer_") for check in self.checks)
+
+
+@dataclass
+class ToolUse:
+    """One tool call of an episode: its name and arguments, whether it ran without error (None when it was
+    never answered), and what it returned (for run_command, the command's output)."""
+
+    name: str
+    arguments: Any
+    ok: bool | None
+    result: str = ""
 
 
 @dataclass
@@ -166,7 +200,10 @@ def draw_params(specs: dict, pools: dict, split: str, rng: random.Random, where:
     return params
 
 
-def expand_template(template: dict, pools: dict, split: str, count: int, rng, where: str, seen: set) -> list:
+def expand_template(
+    template: dict, pools: dict, split: str, count: int, rng, where: str, seen: set, *, exact: bool = True
+) -> list:
+    """`count` tasks with prompts not in `seen`; fewer only when not `exact` and the pools run out."""
     for key in ("name", "prompt", "checks"):
         if key not in template:
             raise SuiteError(f"{where}.{key}: missing")
@@ -180,6 +217,8 @@ def expand_template(template: dict, pools: dict, split: str, count: int, rng, wh
         for key in CHECK_TYPES[kind]:
             if not isinstance(check.get(key), str):
                 raise SuiteError(f"{where}.checks[{i}].{key}: missing or not a string")
+        if kind == "tool_result" and not any(isinstance(check.get(k), str) for k in EVIDENCE_FIELDS):
+            raise SuiteError(f"{where}.checks[{i}]: tool_result needs one of {', '.join(EVIDENCE_FIELDS)}")
     tasks = []
     for _ in range(MAX_ATTEMPTS):
         if len(tasks) == count:
@@ -202,7 +241,8 @@ def expand_template(template: dict, pools: dict, split: str, count: int, rng, wh
         task_id = f"{template['name']}-{split}-{len(tasks):02d}"
         tasks.append(Task(task_id, template["name"], prompt, files, task_checks, split, params))
     else:
-        raise SuiteError(f"{where}: could not draw {count} distinct {split} prompts; widen its pools")
+        if exact:
+            raise SuiteError(f"{where}: could not draw {count} distinct {split} prompts; widen its pools")
     return tasks
 
 
@@ -234,6 +274,34 @@ def build_suite(data: dict, name: str, path: Path | None = None) -> Suite:
     return Suite(data.get("name", name), split_tasks["train"], split_tasks["held_out"], path)
 
 
+def fresh_train_tasks(suite: Suite, per_template: int | dict[str, int], draw: int) -> list[Task]:
+    """`per_template` new tasks for each template the suite trains on, drawn from its *train* pools (never the
+    held-out pools, never a held-out-only template) with prompts no task of the suite has: the new work a
+    deployed student meets. `draw` picks the draw (the same draw gives the same tasks); ids are
+    `<template>-fresh<draw>-NN`. Given counts by template, only those templates, each with as many new prompts
+    as its pools still hold up to its count."""
+    if suite.path is None:
+        raise SuiteError(f"suite {suite.name!r}: fresh tasks need its file")
+    data = json.loads(suite.path.read_text(encoding="utf-8"))
+    rng = random.Random(f"{data.get('seed', 0)}:fresh:{draw}")
+    seen = {task.prompt for task in suite.tasks}
+    trained = set(suite.templates("train"))
+    tasks = []
+    for index, template in enumerate(data["templates"]):
+        name = template.get("name")
+        if name not in trained:
+            continue
+        where = f"{suite.path}: templates[{index}]"
+        count = per_template.get(name, 0) if isinstance(per_template, dict) else per_template
+        exact = not isinstance(per_template, dict)
+        drawn = expand_template(template, data.get("pools", {}), "train", count, rng, where, seen, exact=exact)
+        tasks += [
+            dataclasses.replace(task, id=f"{task.template}-fresh{draw}-{i:02d}")
+            for i, task in enumerate(drawn)
+        ]
+    return tasks
+
+
 def available_suites() -> list[str]:
     return sorted(path.stem for path in SUITES_DIR.glob("*.json"))
 
@@ -262,8 +330,75 @@ def read_workspace_file(root: Path, path: str) -> str | None:
     return target.read_bytes().decode("utf-8", errors="replace")
 
 
-def run_check(check: dict, root: Path, answer: str | None) -> CheckResult:
-    kind, value = check["type"], check["value"]
+def as_number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def whole_token(value: str) -> re.Pattern:
+    """`value` standing alone: not inside a longer word, number, file name or path."""
+    return re.compile(rf"(?<![\w./-]){re.escape(value)}(?![\w/-]|\.\w)")
+
+
+def match_value(text: str, value: str, rivals: Iterable[str] = ()) -> tuple[bool, str]:
+    """Does `text` name `value` as a value and nothing that competes with it? A number must stand as a whole
+    number and be the only number; a word or name must stand as a whole word, with none of `rivals`."""
+    number = as_number(value)
+    if number is not None:
+        numbers = NUMBER.findall(text)
+        if not any(as_number(n) == number for n in numbers):
+            return False, f"no {value} as a whole number"
+        others = sorted({n for n in numbers if as_number(n) != number})
+        if others:
+            return False, f"{value} with competing numbers {', '.join(others[:5])}"
+        return True, f"{value} and no other number"
+    if not whole_token(value).search(text):
+        return False, f"no {value!r} as a whole word"
+    others = sorted({r for r in rivals if r != value and whole_token(r).search(text)})
+    if others:
+        return False, f"{value!r} with competing candidates {', '.join(others[:5])}"
+    return True, f"{value!r} and no competing candidate"
+
+
+def names_path(arguments: Any, path: str) -> bool:
+    """Do a call's arguments name `path` (its `path`, or a whole token of one of its `args`)?"""
+    if not isinstance(arguments, dict):
+        return False
+    wanted = path.removeprefix("./")
+    if isinstance(arguments.get("path"), str) and arguments["path"].removeprefix("./") == wanted:
+        return True
+    args = arguments.get("args") if isinstance(arguments.get("args"), list) else []
+    return any(isinstance(arg, str) and whole_token(wanted).search(arg) for arg in args)
+
+
+def evidence(check: dict, calls: list[ToolUse]) -> CheckResult:
+    """tool_result: some call that succeeded matches the check's tool, path and result text."""
+    tools = check["tool"].split("|") if check.get("tool") else None
+    wanted = " ".join(f"{k}={check[k]!r}" for k in EVIDENCE_FIELDS if check.get(k))
+    for call in calls:
+        if (
+            call.ok
+            and (tools is None or call.name in tools)
+            and (not check.get("path") or names_path(call.arguments, check["path"]))
+            and (not check.get("contains") or check["contains"] in call.result)
+        ):
+            return CheckResult(check, True, f"a successful {call.name} call matches {wanted}")
+    made = ", ".join(f"{c.name}{'' if c.ok else ' (failed)'}" for c in calls) or "no tool call"
+    return CheckResult(check, False, f"no successful call matches {wanted} (made: {made})")
+
+
+def run_check(
+    check: dict, root: Path, answer: str | None, calls: list[ToolUse] = (), rivals: Iterable[str] = ()
+) -> CheckResult:
+    kind = check["type"]
+    if kind == "tool_result":
+        return evidence(check, list(calls))
+    value = check["value"]
+    if kind == "answer_value":
+        ok, detail = match_value(answer or "", value, rivals)
+        return CheckResult(check, ok, f"answer: {detail}")
     if kind.startswith("answer_"):
         text = answer or ""
         found = value in text
@@ -272,6 +407,9 @@ def run_check(check: dict, root: Path, answer: str | None) -> CheckResult:
     content = read_workspace_file(root, check["path"])
     if content is None:
         return CheckResult(check, kind == "file_not_contains", f"{check['path']} does not exist")
+    if kind == "file_value":
+        ok, detail = match_value(content, value, rivals)
+        return CheckResult(check, ok, f"{check['path']}: {detail}")
     if kind == "file_equals":
         ok = content.rstrip("\n") == value.rstrip("\n")
         return CheckResult(check, ok, f"{check['path']} {'equals' if ok else 'differs from'} {value!r}")
@@ -280,13 +418,18 @@ def run_check(check: dict, root: Path, answer: str | None) -> CheckResult:
     return CheckResult(check, ok, f"{check['path']} {'contains' if found else 'lacks'} {value!r}")
 
 
-def run_checks(task: Task, root: str | Path, answer: str | None) -> list[CheckResult]:
-    """Every check of `task` against the workspace directory `root` and the agent's final answer."""
-    return [run_check(check, Path(root), answer) for check in task.checks]
+def run_checks(
+    task: Task, root: str | Path, answer: str | None, calls: list[ToolUse] | None = None
+) -> list[CheckResult]:
+    """Every check of `task` against the workspace directory `root`, the agent's final answer and the tool
+    calls it made (`calls`; without them no tool_result check passes). The task's own files are the
+    candidates that compete with a word an answer must name."""
+    rivals = list(task.files)
+    return [run_check(check, Path(root), answer, calls or [], rivals) for check in task.checks]
 
 
-def task_passed(task: Task, root: str | Path, answer: str | None) -> bool:
-    return all(result.passed for result in run_checks(task, root, answer))
+def task_passed(task: Task, root: str | Path, answer: str | None, calls: list[ToolUse] | None = None) -> bool:
+    return all(result.passed for result in run_checks(task, root, answer, calls))
 
 
 if __name__ == "__main__":

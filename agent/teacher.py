@@ -10,9 +10,9 @@ tool results it was sent (so it only succeeds when the tools really ran); names 
 
     python -m agent.teacher --suite default --port 8090      # serve until Ctrl-C
 
-Endpoints on 127.0.0.1: POST /v1/chat/completions (non-stream, and stream as SSE with tool-call arguments
-sent in fragments the way OpenAI does), GET /v1/models, GET /health. Tool-call arguments are JSON strings.
-Usage counts are approximate (characters / 4). Every response's `model` is MODEL_NAME ("…scripted-
+The policies plug into core.scripted's server (on 127.0.0.1: POST /v1/chat/completions, non-stream and
+streamed with tool-call arguments in fragments the way OpenAI does; GET /v1/models; GET /health). Tool-call
+arguments are JSON strings. Usage counts are approximate (characters / 4). Every response's `model` is MODEL_NAME ("…scripted-
 demonstrator"), with ":<policy>" appended for the test policies, chosen by requesting model
 "flywheel-scripted-demonstrator:<policy>":
   solve        the demonstrator (default)
@@ -22,6 +22,7 @@ demonstrator"), with ":<policy>" appended for the test policies, chosen by reque
   escape       tries to read and write outside the workspace, then reports what the tools said
   lost-call    answers like mlx_lm.server after the model wrote malformed tool JSON: finish_reason
                "tool_calls", content null and no tool_calls (the agent must end with an error)
+  and the adversarial policies of `agent.adversaries` (candidates, empty, garbage, ...)
 """
 
 from __future__ import annotations
@@ -30,17 +31,17 @@ import argparse
 import hashlib
 import json
 import re
-import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from agent.adversaries import ADVERSARIES
 from agent.tasks import Suite, Task, load_suite
-from core.net import free_port
+from core.scripted import CHAT_PATHS, Http, Reply, ScriptedServer, serve_until_stopped, tool_call
 
 MODEL_NAME = "flywheel-scripted-demonstrator"
-POLICIES = ("solve", "answer-only", "loop", "flaky", "escape", "lost-call")
+POLICIES = ("solve", "answer-only", "loop", "flaky", "escape", "lost-call", *ADVERSARIES)
 
 
 @dataclass
@@ -133,6 +134,19 @@ def finish_write(steps: list[Step]) -> Answer:
     return Answer(f"Failed: {result}" if result.startswith("Error") else "Done.")
 
 
+def read_then_write(steps: list[Step], source: str, target: str, edit: Callable[[str], str | Answer]):
+    """Read `source`, write what `edit` makes of its text to `target` (an Answer from `edit` ends the task
+    instead), then report how the write went."""
+    if not steps:
+        return Call("read_file", {"path": source})
+    if len(steps) == 1:
+        edited = edit(steps[0].result or "")
+        if isinstance(edited, Answer):
+            return edited
+        return Call("write_file", {"path": target, "content": edited})
+    return finish_write(steps)
+
+
 def solve_read_value(task: Task, steps: list[Step]):
     p = task.params
     if not steps:
@@ -150,16 +164,14 @@ def solve_create_file(task: Task, steps: list[Step]):
 
 def solve_replace_value(task: Task, steps: list[Step]):
     p = task.params
-    if not steps:
-        return Call("read_file", {"path": p["file"]})
-    if len(steps) == 1:
-        text = steps[0].result or ""
+
+    def replace(text: str) -> str | Answer:
         if value_of(p["key"], text) is None:
             return Answer(f"I could not find {p['key']} in {p['file']}.")
         pattern = rf"^(\s*{re.escape(p['key'])}\s*=\s*).*$"
-        content = re.sub(pattern, lambda m: m.group(1) + p["new"], text, count=1, flags=re.MULTILINE)
-        return Call("write_file", {"path": p["file"], "content": content})
-    return finish_write(steps)
+        return re.sub(pattern, lambda m: m.group(1) + p["new"], text, count=1, flags=re.MULTILINE)
+
+    return read_then_write(steps, p["file"], p["file"], replace)
 
 
 def solve_find_definition(task: Task, steps: list[Step]):
@@ -186,14 +198,12 @@ def solve_run_script(task: Task, steps: list[Step]):
 
 def solve_copy_value(task: Task, steps: list[Step]):
     p = task.params
-    if not steps:
-        return Call("read_file", {"path": p["src"]})
-    if len(steps) == 1:
-        value = value_of(p["key"], steps[0].result)
-        if value is None:
-            return Answer(f"I could not find {p['key']} in {p['src']}.")
-        return Call("write_file", {"path": p["dst"], "content": value + "\n"})
-    return finish_write(steps)
+
+    def copy(text: str) -> str | Answer:
+        value = value_of(p["key"], text)
+        return Answer(f"I could not find {p['key']} in {p['src']}.") if value is None else value + "\n"
+
+    return read_then_write(steps, p["src"], p["dst"], copy)
 
 
 def solve_say_word(task: Task, steps: list[Step]):
@@ -202,16 +212,15 @@ def solve_say_word(task: Task, steps: list[Step]):
 
 def solve_append_line(task: Task, steps: list[Step]):
     p = task.params
-    if not steps:
-        return Call("read_file", {"path": p["file"]})
-    if len(steps) == 1:
-        text = steps[0].result or ""
+
+    def append(text: str) -> str | Answer:
         if text.startswith("Error"):
             return Answer(f"Failed: {text}")
         if text and not text.endswith("\n"):
             text += "\n"
-        return Call("write_file", {"path": p["file"], "content": text + p["line"] + "\n"})
-    return finish_write(steps)
+        return text + p["line"] + "\n"
+
+    return read_then_write(steps, p["file"], p["file"], append)
 
 
 def solve_count_lines(task: Task, steps: list[Step]):
@@ -238,6 +247,8 @@ TEMPLATE_POLICIES = {
 
 def next_action(policy: str, task: Task | None, steps: list[Step]) -> Call | Answer | LostCall:
     """The scripted demonstrator's next move for `task` after `steps`."""
+    if policy in ADVERSARIES:
+        return ADVERSARIES[policy](task, steps)
     if policy == "answer-only":
         return Answer("Done.")
     if policy == "loop":
@@ -271,21 +282,12 @@ def call_id(prompt: str, index: int) -> str:
     return "call_" + hashlib.sha1(f"{prompt}\0{index}".encode()).hexdigest()[:16]
 
 
-def completion_response(action, model: str, prompt: str, n_steps: int, prompt_tokens: int) -> dict:
-    created = int(time.time())
+def reply_for(action, model: str, prompt: str, n_steps: int, prompt_tokens: int) -> Reply:
+    """The chat-completion turn that carries `action`."""
     if isinstance(action, Call):
         arguments = json.dumps(action.arguments)
-        message = {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": call_id(prompt, n_steps),
-                    "type": "function",
-                    "function": {"name": action.name, "arguments": arguments},
-                }
-            ],
-        }
+        call = tool_call(call_id(prompt, n_steps), action.name, arguments)
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
         finish, completion_tokens = "tool_calls", approx_tokens(action.name + arguments)
     elif isinstance(action, LostCall):
         message = {"role": "assistant", "content": None}
@@ -293,148 +295,15 @@ def completion_response(action, model: str, prompt: str, n_steps: int, prompt_to
     else:
         message = {"role": "assistant", "content": action.text}
         finish, completion_tokens = "stop", approx_tokens(action.text)
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
     }
+    return Reply(message, finish, model, usage, id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()))
 
 
-def stream_chunks(response: dict, include_usage: bool) -> list[dict]:
-    """The chunks of a streamed version of `response`: text in two pieces, tool-call arguments in fragments."""
-    base = {"id": response["id"], "object": "chat.completion.chunk", "created": response["created"]}
-    base["model"] = response["model"]
-    choice = response["choices"][0]
-    message = choice["message"]
-
-    def chunk(delta: dict, finish=None) -> dict:
-        return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
-
-    chunks = [chunk({"role": "assistant", "content": None if message.get("tool_calls") else ""})]
-    for index, call in enumerate(message.get("tool_calls") or []):
-        arguments = call["function"]["arguments"]
-        head = {"index": index, "id": call["id"], "type": "function"}
-        chunks.append(
-            chunk({"tool_calls": [{**head, "function": {"name": call["function"]["name"], "arguments": ""}}]})
-        )
-        cut = len(arguments) // 2
-        for piece in (arguments[:cut], arguments[cut:]):
-            chunks.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
-    if message.get("content"):
-        text = message["content"]
-        cut = len(text) // 2
-        chunks += [chunk({"content": piece}) for piece in (text[:cut], text[cut:]) if piece]
-    chunks.append(chunk({}, choice["finish_reason"]))
-    if include_usage:
-        chunks.append({**base, "choices": [], "usage": response["usage"]})
-    return chunks
-
-
-class TeacherHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms delayed-ACK stalls
-    server: TeacherServer
-
-    def log_message(self, format, *args):  # quiet unless asked
-        if self.server.verbose:
-            super().log_message(format, *args)
-
-    def send_json(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def send_error_json(self, status: int, message: str) -> None:
-        self.send_json(
-            status, {"error": {"message": message, "type": "invalid_request_error", "code": status}}
-        )
-
-    def do_GET(self):
-        path = self.path.split("?")[0].rstrip("/")
-        if path == "/health":
-            self.send_json(200, {"status": "ok", "model": MODEL_NAME})
-        elif path in ("/v1/models", "/models"):
-            models = [MODEL_NAME] + [f"{MODEL_NAME}:{p}" for p in POLICIES if p != "solve"]
-            data = [{"id": m, "object": "model", "created": 0, "owned_by": "flywheel"} for m in models]
-            self.send_json(200, {"object": "list", "data": data})
-        else:
-            self.send_error_json(404, f"no route {self.path}")
-
-    def do_POST(self):
-        path = self.path.split("?")[0].rstrip("/")
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        if path not in ("/v1/chat/completions", "/chat/completions"):
-            self.send_error_json(404, f"no route {self.path}")
-            return
-        try:
-            body = json.loads(raw or b"{}")
-            messages = body["messages"]
-            if not isinstance(messages, list):
-                raise TypeError("messages must be a list")
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            self.send_error_json(400, f"bad request body: {error}")
-            return
-        requested = str(body.get("model") or MODEL_NAME)
-        policy = self.server.policy
-        if requested.startswith(MODEL_NAME + ":"):
-            policy = requested.split(":", 1)[1]
-            if policy not in POLICIES:
-                self.send_error_json(404, f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
-                return
-        model = MODEL_NAME if policy == "solve" else f"{MODEL_NAME}:{policy}"
-        prompt, steps = parse_conversation(messages)
-        action = next_action(policy, self.server.tasks.get(prompt), steps)
-        offered = {tool.get("function", {}).get("name") for tool in body.get("tools") or []}
-        if isinstance(action, Call) and action.name not in offered:
-            action = Answer(f"scripted demonstrator: the tool {action.name} is not available.")
-        with self.server.lock:
-            self.server.requests += 1
-            if self.server.record:
-                self.server.recorded.append({"headers": dict(self.headers.items()), "body": body})
-        response = completion_response(action, model, prompt, len(steps), approx_tokens(json.dumps(messages)))
-        if not body.get("stream"):
-            self.send_json(200, response)
-            return
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
-        for chunk in stream_chunks(response, include_usage):
-            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-            self.wfile.flush()
-        self.wfile.write(b"data: [DONE]\n\n")
-        self.wfile.flush()
-
-
-class TeacherServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address, tasks: dict[str, Task], policy: str, verbose: bool, record: bool = False):
-        super().__init__(address, TeacherHandler)
-        self.record = record
-        self.recorded: list[dict] = []
-        self.tasks = tasks
-        self.policy = policy
-        self.verbose = verbose
-        self.requests = 0
-        self.lock = threading.Lock()
-
-
-class Teacher:
+class Teacher(ScriptedServer):
     """The scripted demonstrator on 127.0.0.1:`port` (a free one by default), serving in a background thread."""
 
     def __init__(
@@ -452,20 +321,10 @@ class Teacher:
             raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
         self.suite = suite if isinstance(suite, Suite) else load_suite(suite or "default")
         self.policy = policy
-        self.host = host
-        self.port = port or free_port(host)
         self.verbose = verbose
-        self.record = record
-        self.server: TeacherServer | None = None
-        self.thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.url}/v1"
+        self.tasks = self.suite.by_prompt()
+        models = [MODEL_NAME] + [f"{MODEL_NAME}:{p}" for p in POLICIES if p != "solve"]
+        super().__init__(self.answer, models=models, host=host, port=port or 0, record=record)
 
     @property
     def model_name(self) -> str:
@@ -473,31 +332,32 @@ class Teacher:
 
     @property
     def recorded(self) -> list[dict]:
-        return self.server.recorded if self.server else []
+        """The chat requests received (with `record=True`): {"headers", "body"} each."""
+        return [
+            {"headers": r.headers, "body": r.json()}
+            for r in self.received
+            if r.method == "POST" and r.path.rstrip("/") in CHAT_PATHS
+        ]
 
-    @property
-    def requests(self) -> int:
-        """Chat completion requests answered so far."""
-        return self.server.requests if self.server else 0
-
-    def start(self) -> Teacher:
-        tasks = self.suite.by_prompt()
-        self.server = TeacherServer((self.host, self.port), tasks, self.policy, self.verbose, self.record)
-        self.thread = threading.Thread(target=self.server.serve_forever, name="teacher", daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.thread.join(timeout=5)
-
-    def __enter__(self) -> Teacher:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    async def answer(self, request: dict, http: Http) -> None:
+        requested = str(request.get("model") or MODEL_NAME)
+        policy = self.policy
+        if requested.startswith(MODEL_NAME + ":"):
+            policy = requested.split(":", 1)[1]
+            if policy not in POLICIES:
+                await http.error(404, f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
+                return
+        model = MODEL_NAME if policy == "solve" else f"{MODEL_NAME}:{policy}"
+        messages = request["messages"]
+        prompt, steps = parse_conversation(messages)
+        action = next_action(policy, self.tasks.get(prompt), steps)
+        offered = {tool.get("function", {}).get("name") for tool in request.get("tools") or []}
+        if isinstance(action, Call) and action.name not in offered:
+            action = Answer(f"scripted demonstrator: the tool {action.name} is not available.")
+        if self.verbose:
+            print(f"teacher: {model} step {len(steps)} -> {type(action).__name__}", flush=True)
+        reply = reply_for(action, model, prompt, len(steps), approx_tokens(json.dumps(messages)))
+        await http.reply(request, reply)
 
 
 def main(argv=None) -> None:
@@ -518,17 +378,16 @@ def main(argv=None) -> None:
     parser.add_argument("--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     teacher = Teacher(args.suite, policy=args.policy, port=args.port or None, verbose=args.verbose)
-    teacher.start()
-    n_train, n_held = len(teacher.suite.train), len(teacher.suite.held_out)
-    print(
-        f"scripted demonstrator serving {n_train} train + {n_held} held-out tasks of suite {teacher.suite.name!r}"
-    )
-    print(f"base_url {teacher.base_url}  model {teacher.model_name}  (Ctrl-C stops)")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        teacher.stop()
+
+    def announce(server: Teacher) -> None:
+        n_train, n_held = len(server.suite.train), len(server.suite.held_out)
+        print(
+            f"scripted demonstrator serving {n_train} train + {n_held} held-out tasks of suite "
+            f"{server.suite.name!r}"
+        )
+        print(f"base_url {server.base_url}  model {server.model_name}  (Ctrl-C stops)", flush=True)
+
+    serve_until_stopped(teacher, announce)
 
 
 if __name__ == "__main__":

@@ -36,3 +36,10 @@ def write_section(name: str, title: str, body: str, path: Path = BENCHMARKS_MD) 
         pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
     )
     path.write_text(text)
+
+
+def publish(name: str, title: str, body: str, write: bool = True) -> None:
+    """Print a benchmark's section and, unless `write` is false, put it into docs/BENCHMARKS.md."""
+    print(body)
+    if write:
+        write_section(name, title, body)

@@ -1,12 +1,19 @@
-"""How much faster MLX runs on this Linux CPU with OpenBLAS than with the wheel's reference BLAS.
+"""How fast MLX runs on this Linux CPU with each BLAS it can bind: the wheel's reference BLAS, the system's
+OpenBLAS, the OpenBLAS that `uv sync` installs (the `ngsolve-openblas` wheel), or any library file.
 
-Each variant runs in its own subprocess (the BLAS is chosen before mlx is imported): f32 matmul GFLOP/s at a
-few sizes, and tokens/s of full fine-tuning of the tiny model (`models.tiny`) with mlx-lm's trainer.
-With `--lora-model DIR` (e.g. the output of `python -m models fetch qwen2.5-coder-0.5b`) it also
-times LoRA steps of that model. Figures go to docs/BENCHMARKS.md (section `blas_speed`) and, as JSON, stdout.
+Each variant (a `FLYWHEEL_BLAS` value, core/blas.py) runs in its own subprocesses, because the BLAS is bound
+before mlx is imported and its thread count is read when it loads: f32 matmul GFLOP/s at a few sizes with the
+library's default threads, the 1024² matmul at 1 and 2 threads (OPENBLAS_NUM_THREADS, MKL_NUM_THREADS,
+OMP_NUM_THREADS, BLIS_NUM_THREADS all set), and tokens/s of full fine-tuning of the tiny model.
+`--demo` also times the demo (`python -m flywheel --root TMP`): `--quick` for every variant, the full demo for
+every fast one (the full one with the reference BLAS takes ~30 min here; `--full-demo` names the variants).
+`--install` times `uv sync --locked --no-install-project` from an empty uv cache, for this lock and for the
+same lock without the BLAS wheel (what the wheel adds to `uv sync`). Figures go to docs/BENCHMARKS.md (section
+`blas_speed`) and, as JSON, stdout.
 
-    uv run python bench/blas_speed.py
-    uv run python bench/blas_speed.py --lora-model ~/.cache/flywheel/models/qwen2.5-coder-0.5b --lora-steps 3
+    uv run python bench/blas_speed.py --demo --install
+    uv run python bench/blas_speed.py --variant reference --variant wheel \
+        --variant "/path/to/libmkl_rt.so.3 MKL_THREADING_LAYER=SEQUENTIAL"
 """
 
 from __future__ import annotations
@@ -14,30 +21,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("reference", "openblas")
 SIZES = (128, 256, 512, 1024)
+THREADS = (1, 2)
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS", "BLIS_NUM_THREADS")
+DEMO_TOTAL = re.compile(r"total (\d+)s: collect (\d+)s, curate (\d+)s, train (\d+)s, evaluate (\d+)s")
 
 
-def worker(variant: str, out: Path, tiny_steps: int, lora_model: str | None, lora_steps: int) -> None:
-    if variant == "reference":
-        os.environ["FLYWHEEL_BLAS"] = "reference"
-    from core.blas import blas_status, ensure_fast_blas, matmul_gflops
+def worker(out: Path, sizes: list[int], tiny_steps: int, lora_model: str | None, lora_steps: int) -> None:
+    from core.blas import blas_status, matmul_gflops  # importing core binds the BLAS before mlx loads
 
-    ensure_fast_blas()
-    result = {"variant": variant, "blas": blas_status(), "load_average": os.getloadavg()[0]}
+    result = {"blas": blas_status(), "load_average": os.getloadavg()[0]}
     # best of three short windows: other processes on the machine only ever slow a window down
     result["matmul_gflops"] = {
-        n: round(max(matmul_gflops(n, seconds=0.2) for _ in range(3)), 2) for n in SIZES
+        n: round(max(matmul_gflops(n, seconds=0.2) for _ in range(3)), 2) for n in sizes
     }
-    result["tiny_train"] = train_speed(None, tiny_steps, lora=False)
+    if tiny_steps:
+        result["tiny_train"] = train_speed(None, tiny_steps, lora=False)
     if lora_model:
         result["lora"] = {"model": Path(lora_model).name, **train_speed(lora_model, lora_steps, lora=True)}
     out.write_text(json.dumps(result))
@@ -100,61 +109,207 @@ def train_speed(model_dir: str | None, steps: int, lora: bool) -> dict:
         }
 
 
-def run_variant(variant: str, args: argparse.Namespace) -> dict:
+def variant_env(variant: str, threads: int | None = None) -> dict[str, str]:
+    """The environment of a measured process. `variant` is a FLYWHEEL_BLAS value, optionally followed by
+    VAR=VALUE words for that variant only; the user's LD_PRELOAD and BLAS thread settings are removed (the
+    library's defaults), or every BLAS threading variable is set to `threads`."""
+    value, *pairs = variant.split()
+    drop = {"LD_PRELOAD", "FLYWHEEL_BLAS", "FLYWHEEL_BLAS_NOTE_SHOWN", *THREAD_VARIABLES}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(dict(pair.split("=", 1) for pair in pairs), FLYWHEEL_BLAS=value, COLUMNS="200")
+    if threads is not None:
+        env.update(dict.fromkeys(THREAD_VARIABLES, str(threads)))
+    return env
+
+
+def run_worker(env: dict[str, str], args: argparse.Namespace, sizes, train: bool) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, __file__, "--worker", variant, "--worker-out", out.name]
-        command += ["--tiny-steps", str(args.tiny_steps), "--lora-steps", str(args.lora_steps)]
-        if args.lora_model:
+        command = [sys.executable, __file__, "--worker-out", out.name, "--sizes", ",".join(map(str, sizes))]
+        command += [
+            "--tiny-steps",
+            str(args.tiny_steps if train else 0),
+            "--lora-steps",
+            str(args.lora_steps),
+        ]
+        if args.lora_model and train:
             command += ["--lora-model", args.lora_model]
-        env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FLYWHEEL_BLAS")}
         done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if done.returncode != 0:
-            raise SystemExit(f"bench worker {variant} failed:\n{done.stderr[-3000:]}")
+            raise SystemExit(f"bench worker {env['FLYWHEEL_BLAS']} failed:\n{done.stderr[-3000:]}")
         return json.loads(Path(out.name).read_text())
 
 
-def report(results: dict[str, dict]) -> str:
-    ref, fast = results["reference"], results["openblas"]
-    lib = fast["blas"].get("library") or "(OpenBLAS not in use: not installed?)"
-    config = fast["blas"].get("openblas", {}).get("config", "")
-    lines = [
-        f"Reference: the `mlx[cpu]` wheel's own BLAS (`FLYWHEEL_BLAS=reference`). OpenBLAS: `{lib}` {config}.",
-        "",
-        "| measure | reference BLAS | OpenBLAS | ratio |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    for n in SIZES:
-        r, f = ref["matmul_gflops"][str(n)], fast["matmul_gflops"][str(n)]
-        lines.append(f"| f32 matmul {n}x{n}, GFLOP/s | {r:.1f} | {f:.1f} | {f / r:.1f}x |")
-    for key in ("tiny_train", "lora"):
-        if key not in ref:
-            continue
-        r, f = ref[key], fast[key]
-        title = (
-            "tiny model full fine-tune" if key == "tiny_train" else f"{r['model']} LoRA (rank 8, 4 layers)"
+def measure_variant(variant: str, args: argparse.Namespace) -> dict:
+    result = run_worker(variant_env(variant), args, SIZES, train=True)
+    result["threads"] = {
+        str(t): run_worker(variant_env(variant, t), args, (1024,), train=False)["matmul_gflops"]["1024"]
+        for t in THREADS
+    }
+    return result
+
+
+def run_demo(variant: str, quick: bool) -> dict:
+    """Wall time of `python -m flywheel --root TMP [--quick]` with this BLAS, and its own stage times."""
+    with tempfile.TemporaryDirectory(prefix="flywheel-blas-demo-") as root:
+        command = [sys.executable, "-m", "flywheel", "--root", root, *(["--quick"] if quick else [])]
+        start = time.perf_counter()
+        done = subprocess.run(command, env=variant_env(variant), cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"demo with {variant} failed:\n{done.stderr[-3000:]}")
+    stages = DEMO_TOTAL.search(" ".join(done.stdout.split()))
+    names = ("total", "collect", "curate", "train", "evaluate")
+    return {
+        "wall_s": round(wall, 1),
+        **(dict(zip(names, map(int, stages.groups()), strict=True)) if stages else {}),
+    }
+
+
+def install_cost(label: str, pyproject: str, lock: str) -> dict:
+    """`uv sync --locked --no-install-project` of this pyproject/lock from an empty uv cache: wall time, size
+    of the environment and of the cache, and bytes received by the machine meanwhile (all interfaces but lo:
+    an upper bound when other work downloads too)."""
+    with tempfile.TemporaryDirectory(prefix=f"flywheel-sync-{label}-") as scratch:
+        project = Path(scratch, "project")
+        project.mkdir()
+        (project / "pyproject.toml").write_text(pyproject)
+        (project / "uv.lock").write_text(lock)
+        (project / "README.md").write_text("")
+        env = dict(
+            os.environ,
+            UV_CACHE_DIR=str(Path(scratch, "cache")),
+            UV_PROJECT_ENVIRONMENT=str(Path(scratch, "venv")),
         )
-        batch = f"batch {r['batch_size']}"
+        env.pop("VIRTUAL_ENV", None)
+        received, start = received_bytes(), time.perf_counter()
+        subprocess.run(
+            ["uv", "sync", "--locked", "--no-install-project", "-q"], cwd=project, env=env, check=True
+        )
+        wall, received = time.perf_counter() - start, received_bytes() - received
+        return {
+            "wall_s": round(wall, 1),
+            "received_mb": round(received / 1e6, 1),
+            "venv_mb": round(folder_bytes(Path(scratch, "venv")) / 1e6, 1),
+            "cache_mb": round(folder_bytes(Path(scratch, "cache")) / 1e6, 1),
+        }
+
+
+def received_bytes() -> int:
+    lines = Path("/proc/net/dev").read_text().splitlines()[2:]
+    return sum(int(line.split(":")[1].split()[0]) for line in lines if line.split(":")[0].strip() != "lo")
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.lstat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def label(variant: str) -> str:
+    value, *pairs = variant.split()
+    name = {"system": "system OpenBLAS", "wheel": "wheel OpenBLAS"}.get(value, Path(value).name)
+    settings = " ".join(pair for pair in pairs if not pair.startswith("LD_LIBRARY_PATH="))
+    return f"{name} {settings}".strip()
+
+
+def report(results: dict[str, dict], demos: dict, installs: dict, command: str) -> str:
+    variants = list(results)
+    lines = [f"Command: `{command}`. Variants (`FLYWHEEL_BLAS`):"]
+    for variant, result in results.items():
+        status = result["blas"]
+        config = status.get("openblas", {}).get("config", "")
         lines.append(
-            f"| {title}, tokens/s ({batch}) | {r['tokens_per_second']:.0f} | {f['tokens_per_second']:.0f} "
-            f"| {f['tokens_per_second'] / r['tokens_per_second']:.1f}x |"
+            f"- `{variant}`: {status['blas']} `{status.get('library') or 'mlx_cpu.libs/libblas'}` {config}"
         )
-        lines.append(
-            f"| {title}, s/step | {r['seconds_per_step']:.3f} | {f['seconds_per_step']:.3f} "
-            f"| {r['seconds_per_step'] / f['seconds_per_step']:.1f}x |"
-        )
+    ref = results.get("reference")
     lines += [
         "",
-        "Each variant ran in its own process; training figures exclude the first (compiling) window. "
-        f"Load average (1 min) before each variant: reference {ref['load_average']:.1f}, "
-        f"OpenBLAS {fast['load_average']:.1f} (other work on the machine lowers both).",
+        "| measure | " + " | ".join(label(v) for v in variants) + " |",
+        "| --- |" + " ---: |" * len(variants),
     ]
+
+    def row(title: str, values: list[float], higher_is_better: bool = True) -> str:
+        cells = []
+        for variant, value in zip(variants, values, strict=True):
+            cell = f"{value:.1f}"
+            if ref is not None and variant != "reference":
+                base = values[variants.index("reference")]
+                cell += f" ({value / base if higher_is_better else base / value:.1f}×)"
+            cells.append(cell)
+        return f"| {title} | " + " | ".join(cells) + " |"
+
+    for n in SIZES:
+        lines.append(
+            row(
+                f"f32 matmul {n}², GFLOP/s, default threads",
+                [r["matmul_gflops"][str(n)] for r in results.values()],
+            )
+        )
+    for t in THREADS:
+        lines.append(
+            row(f"f32 matmul 1024², GFLOP/s, {t} thread(s)", [r["threads"][str(t)] for r in results.values()])
+        )
+    lines.append(
+        row(
+            "tiny model full fine-tune, tokens/s (batch 4)",
+            [r["tiny_train"]["tokens_per_second"] for r in results.values()],
+        )
+    )
+    if all("lora" in r for r in results.values()):
+        name = next(iter(results.values()))["lora"]["model"]
+        lines.append(
+            row(f"{name} LoRA, s/step", [r["lora"]["seconds_per_step"] for r in results.values()], False)
+        )
+    loads = ", ".join(f"{label(v)} {r['load_average']:.1f}" for v, r in results.items())
+    lines += [
+        "",
+        "(×: speed-up over the reference BLAS.) Each figure is the best of three 0.2 s windows in a fresh "
+        f"process; training excludes the first (compiling) window. Load average (1 min) before each: {loads}.",
+    ]
+    if demos:
+        lines += demo_table(demos)
+    if installs:
+        lines += [
+            "",
+            "`uv sync --locked --no-install-project` from an empty uv cache (dependencies only), into a new "
+            "environment; bytes received by the machine meanwhile:",
+            "",
+            "| lock | wall s | received MB | environment MB | uv cache MB |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for name, cost in installs.items():
+            lines.append(
+                f"| {name} | {cost['wall_s']:.1f} | {cost['received_mb']:.1f} | {cost['venv_mb']:.1f} "
+                f"| {cost['cache_mb']:.1f} |"
+            )
     return "\n".join(lines)
+
+
+def demo_table(demos: dict) -> list[str]:
+    lines = [
+        "",
+        "Demo (`python -m flywheel --root TMP`, the README's command) per BLAS; seconds of wall time, and the "
+        "demo's own stage times (collect / curate / train / evaluate):",
+        "",
+        "| BLAS | demo | wall s | stages s | vs system OpenBLAS |",
+        "| --- | --- | ---: | --- | ---: |",
+    ]
+    for (variant, kind), result in demos.items():
+        base = demos.get(("system", kind))
+        ratio = f"{result['wall_s'] / base['wall_s']:.2f}×" if base else "—"
+        stages = "/".join(str(result.get(k, "?")) for k in ("collect", "curate", "train", "evaluate"))
+        lines.append(f"| {label(variant)} | {kind} | {result['wall_s']:.0f} | {stages} | {ratio} |")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description="Matmul GFLOP/s and training tokens/s of MLX with the reference BLAS vs OpenBLAS.",
-        epilog="example: uv run python bench/blas_speed.py --tiny-steps 20",
+        description="Matmul GFLOP/s, training tokens/s and demo time of MLX with each BLAS it can bind.",
+        epilog="example: uv run python bench/blas_speed.py --demo --install",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        help="a FLYWHEEL_BLAS value, optionally followed by VAR=VALUE words for it alone (repeatable; "
+        "default: reference, system and wheel, those present)",
     )
     parser.add_argument(
         "--tiny-steps", type=int, default=20, help="measured tiny-model steps (after as many warm-up)"
@@ -164,30 +319,85 @@ def main() -> None:
         "--lora-steps", type=int, default=2, help="measured LoRA steps (after as many warm-up)"
     )
     parser.add_argument(
+        "--demo", action="store_true", help="also time the demo per BLAS (quick; full when fast)"
+    )
+    parser.add_argument(
+        "--full-demo",
+        action="append",
+        help="with --demo: the variants that also run the full demo (default: every one but the reference)",
+    )
+    parser.add_argument(
+        "--install",
+        action="store_true",
+        help="also time `uv sync` from an empty cache, with and without the wheel",
+    )
+    parser.add_argument(
         "--no-write", action="store_true", help="print JSON only, leave docs/BENCHMARKS.md alone"
     )
-    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        return worker(args.worker, args.worker_out, args.tiny_steps, args.lora_model, args.lora_steps)
+    if args.worker_out:
+        sizes = [int(n) for n in args.sizes.split(",")]
+        return worker(args.worker_out, sizes, args.tiny_steps, args.lora_model, args.lora_steps)
 
     from rich.console import Console
 
+    from core import blas
+
     console = Console(stderr=True)
-    results = {}
-    for variant in VARIANTS:
-        with console.status(f"measuring with {variant} BLAS..."):
+    present = {"reference": True, "system": blas.system_openblas(), "wheel": blas.wheel_openblas()}
+    variants = args.variant or [v for v, found in present.items() if found]
+    results, demos, installs = {}, {}, {}
+    for variant in variants:
+        with console.status(f"measuring matmul and training with {variant}..."):
             start = time.perf_counter()
-            results[variant] = run_variant(variant, args)
-        console.print(f"{variant}: done in {time.perf_counter() - start:.0f} s")
-    body = report(results)
-    print(json.dumps(results, indent=2))
+            results[variant] = measure_variant(variant, args)
+        console.print(f"{variant}: measured in {time.perf_counter() - start:.0f} s")
+    if args.demo:
+        runs = [(v, "quick") for v in variants]
+        full = args.full_demo or [v for v in variants if v != "reference"]
+        runs += [(v, "full") for v in full]
+        for variant, kind in runs:
+            with console.status(f"demo ({kind}) with {variant}..."):
+                demos[(variant, kind)] = run_demo(variant, quick=kind == "quick")
+            console.print(f"demo ({kind}) with {variant}: {demos[(variant, kind)]['wall_s']:.0f} s")
+    if args.install:
+        pyproject, lock = (ROOT / "pyproject.toml").read_text(), (ROOT / "uv.lock").read_text()
+        for name, files in (
+            ("without the wheel", without_wheel(pyproject, lock)),
+            ("this lock", (pyproject, lock)),
+        ):
+            with console.status(f"uv sync from an empty cache: {name}..."):
+                installs[name] = install_cost(name.split()[0], *files)
+            console.print(f"uv sync ({name}): {installs[name]}")
+    command = "uv run python bench/blas_speed.py " + " ".join(sys.argv[1:])
+    body = report(results, demos, installs, command.strip())
+    print(
+        json.dumps(
+            {"matmul": results, "demo": {f"{v} {k}": r for (v, k), r in demos.items()}, "install": installs},
+            indent=2,
+        )
+    )
     console.print(body, markup=False)
     if not args.no_write:
         from bench._report import write_section
 
-        write_section("blas_speed", "OpenBLAS vs the reference BLAS of mlx[cpu] (Linux CPU)", body)
+        write_section(
+            "blas_speed",
+            "MLX on a Linux CPU with each BLAS: reference, system OpenBLAS, wheel OpenBLAS",
+            body,
+        )
+
+
+def without_wheel(pyproject: str, lock: str) -> tuple[str, str]:
+    """pyproject.toml and uv.lock with the BLAS wheel taken out (`uv sync --locked` checks they still agree)."""
+    name = "ngsolve-openblas"
+    pyproject = "".join(line for line in pyproject.splitlines(True) if f'"{name}' not in line)
+    blocks = lock.split("\n[[package]]\n")
+    blocks = [block for block in blocks if not block.startswith(f'name = "{name}"\n')]
+    lock = "\n[[package]]\n".join(blocks)
+    return pyproject, "".join(line for line in lock.splitlines(True) if f'{{ name = "{name}"' not in line)
 
 
 if __name__ == "__main__":

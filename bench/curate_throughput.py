@@ -25,13 +25,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-try:
-    from core.blas import ensure_fast_blas
-
-    ensure_fast_blas()
-except ImportError:
-    pass
-
 import orjson  # noqa: E402
 
 from agent.tools import AGENT_TOOLS  # noqa: E402

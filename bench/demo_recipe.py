@@ -30,12 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-try:
-    from core.blas import ensure_fast_blas
-
-    ensure_fast_blas()
-except ImportError:
-    pass
+import core  # noqa: E402, F401  (binds the fast BLAS before anything imports mlx)
 
 
 def collect(suite, traces_dir: Path, concurrency: int) -> dict:

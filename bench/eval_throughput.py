@@ -19,19 +19,14 @@ import os
 # thread for both paths (the server inherits it), as models.tiny builds with; set it to compare others.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-try:
-    from core.blas import ensure_fast_blas
-
-    ensure_fast_blas()
-except ImportError:
-    pass
-
 import argparse
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
+
+import core  # noqa: F401  (binds the fast BLAS before anything imports mlx)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 

@@ -170,6 +170,7 @@ def answers(model: Path, adapter: Path | None, samples: list[dict], args) -> dic
             config,
             samples,
             Side("candidate", label, str(model), adapter, None),
+            {},  # in-process: nothing served to verify
             lambda done, total: bar.update(task, completed=done),
         )
     data = {**results.to_dict(), "key": key}

@@ -1,7 +1,7 @@
 """What the recording proxy adds to each request: the same requests direct vs through `python -m proxy`.
 
-A fast scripted OpenAI-compatible upstream (proxy/scripted_upstream.py, its own process) answers in
-well under a millisecond, so the proxy's cost is not drowned by model time. One run measures, direct and
+A fast scripted OpenAI-compatible upstream (proxy/scripted_upstream.py, its own managed process) answers
+in well under a millisecond, so the proxy's cost is not drowned by model time. One run measures, direct and
 proxied: non-stream latency p50/p99, streamed time to first chunk p50/p99, requests/s at concurrency
 1, 8 and 64, and counts the records of 64 concurrent streams (must be all of them). Optionally one row
 against a real `mlx_lm server` with the tiny random model. The client is a minimal asyncio HTTP/1.1
@@ -28,13 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-try:
-    from core.blas import ensure_fast_blas
-
-    ensure_fast_blas()
-except ImportError:
-    pass
-
+from core.process import ManagedProcess, python_command  # noqa: E402
 from core.trace import SESSION_HEADER, read_trace_lines  # noqa: E402
 from proxy import RecordingProxy  # noqa: E402
 
@@ -191,14 +185,10 @@ def cpu_seconds(pid: int) -> float | None:
     return own + sum(cpu_seconds(child) or 0.0 for child in children)
 
 
-def start_upstream() -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "proxy.scripted_upstream", "--port", "0"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    return process, json.loads(process.stdout.readline())["url"]
+def start_upstream() -> tuple[ManagedProcess, str]:
+    """The scripted upstream in its own process (so it does not share the client's or the proxy's GIL)."""
+    process = ManagedProcess(python_command("proxy.scripted_upstream", "--port", "0"), ready_event="listening")
+    return process.start(), process.url
 
 
 def port_of(url: str) -> int:
@@ -249,6 +239,41 @@ def mlx_row(n: int) -> dict | None:
 
         times = asyncio.run(run())
     return summarize(times["direct"], times["proxy"])
+
+
+def redaction_speed(characters: int = 1_000_000, repeats: int = 5) -> dict:
+    """Secret redaction (proxy/redact.py, run by the recorder on every string of every record) of real Python
+    source (the installed openai package): cold, and from the history cache, against the baseline of
+    `json.dumps` of the same text (which writing the record costs anyway). Best of `repeats` each."""
+    import importlib.util
+
+    from proxy import redact
+
+    package = Path(importlib.util.find_spec("openai").origin).parent
+    text = "".join(path.read_text() for path in sorted(package.rglob("*.py")))[:characters]
+
+    def best(run) -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    def cold() -> None:
+        redact._cache.clear()
+        redact.redact_text(text)
+
+    baseline, cold_s = best(lambda: json.dumps(text)), best(cold)
+    cached_s = best(lambda: redact.redact_text(text))
+    megabytes = len(text) / 1e6
+    return {
+        "megabytes": round(megabytes, 3),
+        "cold_mb_s": round(megabytes / cold_s, 1),
+        "cached_us": round(cached_s * 1e6, 1),
+        "json_dumps_mb_s": round(megabytes / baseline, 1),
+        "cold_vs_json_dumps": round(cold_s / baseline, 2),
+    }
 
 
 def profile_proxy(upstream_url: str, seconds: float, concurrency: int = 8) -> str:
@@ -335,6 +360,7 @@ def main() -> None:
         "requests_per_percentile": n,
         "load_average_before": os.getloadavg()[0],
         "nice": os.nice(0),
+        "redaction": redaction_speed(),
     }
     try:
         if args.profile:
@@ -383,8 +409,7 @@ def main() -> None:
         }
         results["proxy_summary"] = summary
     finally:
-        upstream.terminate()
-        upstream.wait()
+        upstream.stop()
     if not args.no_mlx:
         try:
             results["mlx_server"] = mlx_row(15 if args.quick else 40)
@@ -443,13 +468,17 @@ def report(results: dict) -> str:
             "connection, so through the proxy each request also pays mitmproxy's Python-level connection "
             "setup twice (agent side and upstream side), on top of the per-request cost above.",
         ]
+    r = results["redaction"]
     lines += [
         "",
         "What dominates (`--profile`, cProfile of the proxy's event loop): mitmproxy's own per-request "
         "machinery (sans-IO HTTP/1 layers, one asyncio task per hook, each hook dispatched to every loaded "
         "addon), most of the CPU line above. The recording hooks only take references; parsing, "
         "redaction, validation and writing (about 0.3 ms of CPU per small record) run in the recorder "
-        "process, on the other core, off the event loop.",
+        "process, on the other core, off the event loop. Secret redaction (proxy/redact.py) of "
+        f"{r['megabytes']:.1f} MB of real Python source: {r['cold_mb_s']:.0f} MB/s, {r['cold_vs_json_dumps']:.1f}x "
+        f"the time of `json.dumps` of the same text ({r['json_dumps_mb_s']:.0f} MB/s); a text seen before (an "
+        f"agent resends its history every turn) comes from the cache in {r['cached_us']:.0f} µs.",
     ]
     return "\n".join(lines)
 

@@ -47,12 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-try:
-    from core.blas import ensure_fast_blas
-
-    ensure_fast_blas()
-except ImportError:
-    pass
+from core.cli import command_parser  # noqa: E402  (importing core binds the fast BLAS before mlx loads)
 
 MODEL_NAME = "qwen2.5-coder-0.5b"
 FETCH_COMMAND = f"uv run python -m models fetch {MODEL_NAME}"
@@ -69,12 +64,7 @@ EPILOG = f"""examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bench/real_model.py",
-        description=__doc__.split("\n\n")[0],
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("bench/real_model.py", __doc__.split("\n\n")[0], EPILOG)
     parser.add_argument(
         "--model", type=Path, help=f"mlx-lm model directory (default: the cached {MODEL_NAME})"
     )
@@ -207,7 +197,7 @@ class Stages:
 
     def begin(self, name: str, artifact: Path | None = None, settings: dict | None = None) -> bool:
         """Print the header; True when `artifact` is complete from an earlier run with these settings."""
-        from flywheel.loop import move_aside, stage_done
+        from flywheel.stages import move_aside, stage_done
 
         self.console.rule(f"[bold]{name}[/]")
         self._name, self._started = name, time.monotonic()
@@ -223,7 +213,7 @@ class Stages:
         return False
 
     def end(self, artifact: Path | None = None, settings: dict | None = None) -> float:
-        from flywheel.loop import mark_done
+        from flywheel.stages import mark_done
 
         if artifact is not None and self._name not in self.reused:
             mark_done(
@@ -534,7 +524,7 @@ def main(argv: list[str] | None = None) -> dict:
     from agent.tasks import load_suite
     from core.turns import load_samples
     from evaluate.report import print_summary, write_reports
-    from flywheel.loop import move_aside
+    from flywheel.stages import move_aside
 
     suite = load_suite(args.suite)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="flywheel-real-model-"))

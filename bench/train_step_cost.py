@@ -22,14 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-try:
-    from core.blas import ensure_fast_blas
-
-    ensure_fast_blas()
-except ImportError:
-    pass
-
-from bench._report import write_section  # noqa: E402
+import core  # noqa: E402, F401  (binds the fast BLAS before anything imports mlx)
+from bench._report import publish  # noqa: E402
 
 
 def default_model() -> str:
@@ -160,10 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"Load average {load_start[0]:.2f} at the start, {result['load'][1][0]:.2f} at the end "
         f"({os.cpu_count()} cores).",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section("train_step_cost", "Training step cost by loss (train.loss)", text)
+    publish("train_step_cost", "Training step cost by loss (train.loss)", "\n".join(lines), not args.no_write)
     return result
 
 

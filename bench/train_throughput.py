@@ -30,13 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-try:
-    from core.blas import ensure_fast_blas
-
-    ensure_fast_blas()
-except ImportError:
-    pass
-
+import core  # noqa: E402, F401  (binds the fast BLAS before anything imports mlx)
 from bench._report import write_section  # noqa: E402
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

@@ -4,8 +4,10 @@
     core.toolcalls  tool calls as a model writes them, parsed with the model's own mlx-lm parser
     core.scoring    the verdict on one generated turn against its reference (the table of verdict codes)
     core.turns      generate held-out turns (in-process or through a server) and score them
-    core.process    the managed subprocess (mlx_lm server, the proxy, test servers)
+    core.process    the managed subprocess: every server child (mlx_lm server, the proxy, module servers)
+    core.scripted   the scripted OpenAI-compatible server (teacher policies, proxy fault scripts plug in)
     core.blas       the fast BLAS for MLX on a Linux CPU
+    core.cli        what the `python -m` commands share: --help layout, one-line errors with an exit code
 
 Importing `core` arranges for `core.blas.ensure_fast_blas()` to run just before the first `import mlx` of the
 process, because MLX binds its BLAS when it loads and cannot change it afterwards: no entry point has to

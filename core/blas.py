@@ -1,17 +1,25 @@
-"""Make MLX on a Linux CPU use OpenBLAS instead of the reference BLAS its wheel ships.
+"""Make MLX on a Linux CPU use a fast BLAS (OpenBLAS) instead of the reference BLAS its wheel ships.
 
-The `mlx[cpu]` wheel links `mlx_cpu.libs/libblas-*.so.3`, netlib's reference BLAS (3-6 GFLOP/s on f32
-matmuls here); Debian's OpenBLAS does 150-200. Loading OpenBLAS with RTLD_GLOBAL before `mlx.core` is
-imported puts its `cblas_sgemm` (and its LAPACK) first in the process's global symbol scope, so libmlx binds
-to it when Python loads it. Python loads extensions with RTLD_NOW, so once mlx is imported it is too late.
-Processes that are not ours (`python -m mlx_lm server`) get the same library through LD_PRELOAD.
+The `mlx[cpu]` wheel links `mlx_cpu.libs/libblas-*.so.3`, netlib's reference BLAS (2-6 GFLOP/s on f32
+matmuls here). Loading a fast BLAS with RTLD_GLOBAL before `mlx.core` is imported puts its `cblas_sgemm` (and
+its LAPACK) first in the process's global symbol scope, so libmlx binds to it when Python loads it. Python
+loads extensions with RTLD_NOW, so once mlx is imported it is too late. Processes that are not ours
+(`python -m mlx_lm server`) get the same library through LD_PRELOAD (`child_environment`).
+
+Which library (`FLYWHEEL_BLAS`, read before the first `import mlx`):
+    auto (default)  the system's OpenBLAS if there is one, else the OpenBLAS that `uv sync` installs on
+                    Linux x86_64 (the `ngsolve-openblas` wheel); on other machines (aarch64) a one-time note
+    system          the system's OpenBLAS (`apt-get install libopenblas0-pthread`)
+    wheel           the `ngsolve-openblas` wheel's OpenBLAS
+    mkl             Intel MKL's `libmkl_rt` from a `pip install mkl` in this environment
+    /path/lib.so    any library that exports unprefixed `cblas_sgemm` (OpenBLAS, MKL, BLIS...)
+    reference       the wheel's reference BLAS: the opt-out (also off, none, no, 0)
+An explicit choice that is not there is an error naming the variable; `auto` falls back with a note.
+macOS is never touched: MLX uses Metal and Accelerate there.
 
     from core.blas import ensure_fast_blas
-    ensure_fast_blas()          # first, before anything imports mlx
+    ensure_fast_blas()          # first, before anything imports mlx (importing `core` arranges it)
     import mlx.core as mx
-
-macOS is never touched: MLX uses Metal and Accelerate there.
-`FLYWHEEL_BLAS=reference` opts out; `FLYWHEEL_BLAS=/path/to/libopenblas.so.0` picks the library.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import importlib.util
 import os
 import platform
 import shutil
@@ -31,28 +40,51 @@ from pathlib import Path
 CHOICE_ENV = "FLYWHEEL_BLAS"
 NOTE_SHOWN_ENV = "FLYWHEEL_BLAS_NOTE_SHOWN"
 OPT_OUT_VALUES = {"reference", "off", "0", "no", "none"}
+AUTO_VALUES = {"", "auto", "openblas"}
+NAMED_VALUES = {"system", "wheel", "mkl"}
 INSTALL_HINT = "apt-get install libopenblas0-pthread"
+WHEEL_PACKAGE = "ngsolve_openblas"  # pyproject.toml installs it on Linux x86_64 only
+# One BLAS thread per process unless the user sets any of the family's thread variables: our MLX processes
+# run side by side (trainer or evaluator next to `mlx_lm server`), and OpenBLAS threads that wait for a busy
+# core spin; on a shared 2-core machine 1 thread trained the tiny model several times faster than 2
+# (docs/BENCHMARKS.md, section blas_speed).
+THREAD_DEFAULTS = {  # family: (variables that mean "the user chose", defaults set before the library loads)
+    "openblas": (
+        {"OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"},
+        {"OPENBLAS_NUM_THREADS": "1"},
+    ),
+    "mkl": (
+        {"MKL_THREADING_LAYER", "MKL_NUM_THREADS", "OMP_NUM_THREADS"},
+        {"MKL_THREADING_LAYER": "SEQUENTIAL"},
+    ),
+    "blis": ({"BLIS_NUM_THREADS", "OMP_NUM_THREADS"}, {"BLIS_NUM_THREADS": "1"}),
+}
 
 _state: dict = {"library": None, "via": None, "mlx_imported_first": False}
+
+
+class BlasChoiceError(FileNotFoundError):
+    """FLYWHEEL_BLAS names a library that is not on this machine."""
 
 
 def is_linux() -> bool:
     return platform.system() == "Linux"
 
 
+def choice() -> str:
+    """The FLYWHEEL_BLAS value, normalised (names lower-case, paths as given)."""
+    value = os.environ.get(CHOICE_ENV, "").strip()
+    return value.lower() if value.lower() in OPT_OUT_VALUES | AUTO_VALUES | NAMED_VALUES else value
+
+
 def opted_out() -> bool:
-    return os.environ.get(CHOICE_ENV, "").strip().lower() in OPT_OUT_VALUES
+    return choice() in OPT_OUT_VALUES
 
 
-def find_openblas() -> str | None:
-    """Path of an OpenBLAS shared library on this machine, the pthread build first; None if there is none."""
-    chosen = os.environ.get(CHOICE_ENV, "").strip()
-    if chosen and chosen.lower() not in OPT_OUT_VALUES | {"openblas", "auto"}:
-        if not Path(chosen).is_file():
-            raise FileNotFoundError(f"{CHOICE_ENV}={chosen}: no such library file")
-        return chosen
+def system_candidates() -> list[str]:
+    """Where distributions put OpenBLAS, the pthread build first."""
     arch = f"{platform.machine()}-linux-gnu"
-    candidates = [
+    return [
         f"/usr/lib/{arch}/openblas-pthread/libopenblas.so.0",
         f"/usr/lib/{arch}/libopenblas.so.0",
         f"/usr/lib/{arch}/openblas-openmp/libopenblas.so.0",
@@ -61,11 +93,81 @@ def find_openblas() -> str | None:
         "/usr/lib64/libopenblas.so.0",
         "/usr/lib/libopenblas.so.0",
     ]
-    for path in candidates:
-        if Path(path).is_file():
-            return path
-    found = ctypes.util.find_library("openblas")
-    return found if found and Path(found).is_absolute() else None
+
+
+def system_openblas() -> str | None:
+    """The system's OpenBLAS (a distribution package), or None."""
+    found = next((path for path in system_candidates() if Path(path).is_file()), None)
+    if found is None:
+        found = ctypes.util.find_library("openblas")
+    return found if found and Path(found).is_absolute() and Path(found).is_file() else None
+
+
+def wheel_openblas() -> str | None:
+    """The OpenBLAS of the `ngsolve-openblas` wheel in this environment, or None (found, never imported:
+    importing it would load the library itself, without the Fortran runtime fallback)."""
+    spec = importlib.util.find_spec(WHEEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return next((str(path) for path in sorted(folder.glob("libopenblas*.so*"))), None)
+
+
+def mkl_library() -> str | None:
+    """`libmkl_rt` of the `mkl` wheel in this environment (it lands in `<prefix>/lib`), or None."""
+    return next((str(p) for p in sorted(Path(sys.prefix, "lib").glob("libmkl_rt.so.*"))), None)
+
+
+def finders() -> dict:
+    """The named choices and how each finds its library (looked up when called, so tests can repoint one)."""
+    return {"system": system_openblas, "wheel": wheel_openblas, "mkl": mkl_library}
+
+
+MISSING = {
+    "system": f"no system OpenBLAS found ({INSTALL_HINT})",
+    "wheel": f"the {WHEEL_PACKAGE} package is not installed (`uv sync` installs it on Linux x86_64)",
+    "mkl": f"no libmkl_rt.so.* in {Path(sys.prefix, 'lib')} (`uv pip install mkl`)",
+}
+
+
+def find_openblas() -> str | None:
+    """Path of the fast BLAS library that FLYWHEEL_BLAS selects (see the module doc); None when there is none
+    or the choice is the reference BLAS. Raises BlasChoiceError when an explicit choice is not there."""
+    chosen = choice()
+    if chosen in OPT_OUT_VALUES:
+        return None
+    if chosen in AUTO_VALUES:
+        return system_openblas() or wheel_openblas()
+    if chosen in NAMED_VALUES:
+        found = finders()[chosen]()
+        if found is None:
+            raise BlasChoiceError(f"{CHOICE_ENV}={chosen}: {MISSING[chosen]}")
+        return found
+    if not Path(chosen).is_file():
+        raise BlasChoiceError(f"{CHOICE_ENV}={chosen}: no such library file")
+    return chosen
+
+
+def family(path: str | None) -> str | None:
+    """What kind of BLAS a library file is, from its name and folder (behind symlinks; Debian's OpenBLAS
+    also ships as `openblas-pthread/libblas.so.3`): openblas, mkl, blis, or other."""
+    if path is None:
+        return None
+    resolved = Path(os.path.realpath(path))
+    name = f"{resolved.parent.name}/{resolved.name}".lower()
+    return next((kind for kind in ("openblas", "mkl", "blis") if kind in name), "other")
+
+
+def source(path: str | None) -> str | None:
+    """Where a library comes from: system, wheel (ngsolve-openblas), mkl (the mkl wheel) or path."""
+    if path is None:
+        return None
+    resolved = os.path.realpath(path)
+    for name, finder in finders().items():
+        found = finder()
+        if found is not None and os.path.realpath(found) == resolved:
+            return name
+    return "path"
 
 
 def loaded_libraries() -> list[str]:
@@ -78,17 +180,30 @@ def loaded_libraries() -> list[str]:
     return sorted(p.strip() for p in paths if ".so" in p)
 
 
-def openblas_in_process() -> str | None:
-    """Path of an OpenBLAS whose symbols are global in this process (what mlx binds to when loaded next).
+class _DlInfo(ctypes.Structure):
+    _fields_ = [
+        ("dli_fname", ctypes.c_char_p),
+        ("dli_fbase", ctypes.c_void_p),
+        ("dli_sname", ctypes.c_char_p),
+        ("dli_saddr", ctypes.c_void_p),
+    ]
 
-    numpy's own `libscipy_openblas64_` does not count: it is loaded locally and its symbols are prefixed.
+
+def global_blas() -> str | None:
+    """Path of the library whose `cblas_sgemm` is global in this process: what mlx binds to when it loads
+    next (or bound to, if that library came first). None when there is none, i.e. mlx uses its own.
+
+    numpy's OpenBLAS does not count: it is loaded locally and its symbols are prefixed (`scipy_cblas_sgemm`).
     """
+    process = ctypes.CDLL(None)
     try:
-        ctypes.CDLL(None).openblas_get_config  # noqa: B018 - dlsym in the global scope
+        symbol = process.cblas_sgemm  # dlsym in the global scope
     except AttributeError:
         return None
-    names = [p for p in loaded_libraries() if "openblas" in Path(p).name and "scipy" not in Path(p).name]
-    return names[0] if names else "openblas"
+    info = _DlInfo()
+    if process.dladdr(ctypes.cast(symbol, ctypes.c_void_p), ctypes.byref(info)) and info.dli_fname:
+        return os.path.realpath(info.dli_fname.decode())
+    return "unknown"
 
 
 def mlx_cpu_libs() -> Path | None:
@@ -110,9 +225,9 @@ def system_fortran_runtime() -> bool:
     return True
 
 
-def set_soname(elf_path: Path, new_soname: str) -> None:
-    """Rewrite the DT_SONAME of a 64-bit little-endian ELF shared library in place (the new name must fit)."""
-    data = bytearray(elf_path.read_bytes())
+def _dynamic_section(data: bytes, elf_path: Path) -> tuple[list[tuple[int, int]], int]:
+    """The (tag, value) entries of a 64-bit little-endian ELF file's dynamic section and the file offset of
+    its string table (DT_STRTAB), which the name-valued entries (DT_NEEDED, DT_SONAME) index into."""
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         raise ValueError(f"{elf_path}: not a 64-bit little-endian ELF file")
     phoff, phentsize, phnum = struct.unpack_from("<Q", data, 32)[0], *struct.unpack_from("<HH", data, 54)
@@ -120,19 +235,37 @@ def set_soname(elf_path: Path, new_soname: str) -> None:
     dynamic = next((s for s in segments if s[0] == 2), None)  # PT_DYNAMIC
     if dynamic is None:
         raise ValueError(f"{elf_path}: no dynamic section")
-    tags = {}
+    entries = []
     for offset in range(dynamic[2], dynamic[2] + dynamic[5], 16):
         tag, value = struct.unpack_from("<qQ", data, offset)
         if tag == 0:
             break
-        tags.setdefault(tag, value)
-    if 5 not in tags or 14 not in tags:  # DT_STRTAB, DT_SONAME
-        raise ValueError(f"{elf_path}: no SONAME to rewrite")
-    strtab_vaddr = tags[5]
+        entries.append((tag, value))
+    strtab_vaddr = next((value for tag, value in entries if tag == 5), None)  # DT_STRTAB
+    if strtab_vaddr is None:
+        raise ValueError(f"{elf_path}: no string table")
     load = next((s for s in segments if s[0] == 1 and s[3] <= strtab_vaddr < s[3] + s[5]), None)  # PT_LOAD
     if load is None:
         raise ValueError(f"{elf_path}: string table outside every loaded segment")
-    start = strtab_vaddr - load[3] + load[2] + tags[14]
+    return entries, strtab_vaddr - load[3] + load[2]
+
+
+def needed_libraries(elf_path: str | Path) -> list[str]:
+    """The DT_NEEDED names of a shared library (what the loader must find before it loads)."""
+    data = Path(elf_path).read_bytes()
+    entries, strtab = _dynamic_section(data, Path(elf_path))
+    names = [strtab + value for tag, value in entries if tag == 1]  # DT_NEEDED
+    return [data[start : data.index(b"\0", start)].decode() for start in names]
+
+
+def set_soname(elf_path: Path, new_soname: str) -> None:
+    """Rewrite the DT_SONAME of a 64-bit little-endian ELF shared library in place (the new name must fit)."""
+    data = bytearray(elf_path.read_bytes())
+    entries, strtab = _dynamic_section(data, elf_path)
+    soname = next((value for tag, value in entries if tag == 14), None)  # DT_SONAME
+    if soname is None:
+        raise ValueError(f"{elf_path}: no SONAME to rewrite")
+    start = strtab + soname
     end = data.index(b"\0", start)
     if len(new_soname) > end - start:
         raise ValueError(f"{elf_path}: SONAME {new_soname!r} is longer than the old one")
@@ -164,12 +297,23 @@ def bundled_fortran_runtime() -> list[str] | None:
     return [str(quadmath), str(renamed)]
 
 
-def preload_chain(openblas: str) -> list[str] | None:
-    """The libraries to load, in order, so that `openblas` loads: itself, after a Fortran runtime if needed."""
-    if system_fortran_runtime():
-        return [openblas]
+def preload_chain(library: str) -> list[str] | None:
+    """The libraries to load, in order, so that `library` loads: itself, after a Fortran runtime if it needs
+    one that the system lacks (OpenBLAS builds do). None when that runtime cannot be had."""
+    if system_fortran_runtime() or "libgfortran.so.5" not in needed_libraries(library):
+        return [library]
     fortran = bundled_fortran_runtime()
-    return None if fortran is None else [*fortran, openblas]
+    return None if fortran is None else [*fortran, library]
+
+
+def missing_advice() -> str:
+    """What to do when no fast BLAS is found, for this machine."""
+    if platform.machine() in ("x86_64", "AMD64"):
+        return (
+            f"`uv sync` installs one on Linux x86_64 (the {WHEEL_PACKAGE.replace('_', '-')} wheel); "
+            f"or install the system's: `{INSTALL_HINT}`"
+        )
+    return f"install OpenBLAS: `{INSTALL_HINT}` (no wheel with a fast BLAS for {platform.machine()} here)"
 
 
 def _note_missing(reason: str) -> None:
@@ -178,14 +322,25 @@ def _note_missing(reason: str) -> None:
     os.environ[NOTE_SHOWN_ENV] = "1"  # inherited: one note per process tree
     print(
         f"flywheel: {reason}; MLX uses the slow reference BLAS of its wheel (~30x slower matmuls). "
-        f"Install OpenBLAS: `{INSTALL_HINT}`, or set {CHOICE_ENV}=/path/to/libopenblas.so.0 "
+        f"{missing_advice()}, or set {CHOICE_ENV}=/path/to/libopenblas.so.0 "
         f"({CHOICE_ENV}=reference hides this note).",
         file=sys.stderr,
     )
 
 
+def thread_defaults(library: str, env) -> dict[str, str]:
+    """The thread settings to add to `env` for `library`: none if the user set any of its family's."""
+    chosen, defaults = THREAD_DEFAULTS.get(family(library), (set(), {}))
+    return {} if any(env.get(name) for name in chosen) else defaults
+
+
+def _unusable(library: str | None) -> str:
+    return "no OpenBLAS found" if library is None else f"{library} needs libgfortran.so.5, which is missing"
+
+
 def ensure_fast_blas() -> str | None:
-    """On Linux, load OpenBLAS globally so mlx binds to it; returns its path, or None when it is not in use.
+    """On Linux, load the chosen fast BLAS globally so mlx binds to it; returns its path, or None when mlx
+    keeps its reference BLAS.
 
     Call it before anything imports mlx. Idempotent. A no-op on macOS and with `FLYWHEEL_BLAS=reference`.
     """
@@ -193,14 +348,15 @@ def ensure_fast_blas() -> str | None:
         return None
     if _state["library"] is not None:
         return _state["library"]
-    present = openblas_in_process()
+    present = global_blas()
     mlx_first = "mlx.core" in sys.modules
     if present is not None:
-        via = "LD_PRELOAD" if "openblas" in os.environ.get("LD_PRELOAD", "") else "already loaded"
+        preloaded = {os.path.realpath(path) for path in preloads(os.environ)}
+        via = "LD_PRELOAD" if present in preloaded else "already loaded"
         if mlx_first and via != "LD_PRELOAD":
             _state["mlx_imported_first"] = True
             warnings.warn(
-                "core.blas: OpenBLAS was loaded after mlx; mlx may still use the reference BLAS",
+                "core.blas: the fast BLAS was loaded after mlx; mlx may still use the reference BLAS",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -210,43 +366,47 @@ def ensure_fast_blas() -> str | None:
         _state["mlx_imported_first"] = True
         warnings.warn(
             "core.blas.ensure_fast_blas() was called after mlx was imported: mlx keeps the slow reference "
-            "BLAS. Call it before the first `import mlx` (entry points and conftest do).",
+            "BLAS. Call it before the first `import mlx` (importing `core` arranges it).",
             RuntimeWarning,
             stacklevel=2,
         )
         return None
-    openblas = find_openblas()
-    if openblas is None:
-        _note_missing("OpenBLAS not found")
-        return None
-    chain = preload_chain(openblas)
+    library = find_openblas()
+    chain = None if library is None else preload_chain(library)
     if chain is None:
-        _note_missing(f"{openblas} needs libgfortran.so.5, which is missing (apt-get install libgfortran5)")
+        _note_missing(_unusable(library))
         return None
+    os.environ.update(thread_defaults(library, os.environ))
     try:
-        for library in chain:
-            ctypes.CDLL(library, mode=ctypes.RTLD_GLOBAL)
+        for path in chain:
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
     except OSError as error:
-        _note_missing(f"OpenBLAS failed to load ({error})")
+        _note_missing(f"{library} failed to load ({error})")
         return None
-    _state.update(library=openblas, via="ctypes")
-    return openblas
+    _state.update(library=library, via="ctypes")
+    return library
+
+
+def preloads(env) -> list[str]:
+    """The LD_PRELOAD entries of an environment (colons or spaces separate them)."""
+    return [path for path in env.get("LD_PRELOAD", "").replace(" ", ":").split(":") if path]
 
 
 def child_environment(env: dict[str, str]) -> dict[str, str]:
-    """`env` for a child MLX process (e.g. `mlx_lm server`): OpenBLAS in LD_PRELOAD on Linux when present."""
+    """`env` for a child MLX process (e.g. `mlx_lm server`): on Linux, the fast BLAS in LD_PRELOAD, the one
+    this process uses if it has bound one, else the one FLYWHEEL_BLAS selects."""
     env = dict(env)
     if not is_linux() or env.get(CHOICE_ENV, "").strip().lower() in OPT_OUT_VALUES:
         return env
-    openblas = find_openblas()
-    chain = None if openblas is None else preload_chain(openblas)
+    library = _state["library"] if _state["library"] not in (None, "unknown") else find_openblas()
+    chain = None if library is None else preload_chain(library)
     if chain is None:
-        _note_missing("OpenBLAS not found" if openblas is None else f"{openblas} needs libgfortran.so.5")
+        _note_missing(_unusable(library))
         env.setdefault(NOTE_SHOWN_ENV, os.environ.get(NOTE_SHOWN_ENV, "1"))
         return env
-    preload = env.get("LD_PRELOAD", "").replace(" ", ":").split(":")
-    preload = [p for p in preload if p]
-    if openblas not in preload:
+    env.update(thread_defaults(library, env))
+    preload = preloads(env)
+    if os.path.realpath(library) not in {os.path.realpath(path) for path in preload}:
         env["LD_PRELOAD"] = ":".join([*chain, *preload])
     return env
 
@@ -273,20 +433,19 @@ def blas_status(measure: bool = False) -> dict:
     elif system != "Linux":
         status.update(blas="unknown", library=None, loaded_via=None)
     else:
-        present = openblas_in_process()
+        present = global_blas()
         in_use = present is not None and not _state["mlx_imported_first"]
-        preloaded = "openblas" in os.environ.get("LD_PRELOAD", "")
         fortran = next((p for p in loaded_libraries() if "libgfortran" in Path(p).name), None)
         status.update(
-            blas="openblas" if in_use else "reference",
+            blas=family(present) if in_use else "reference",
             library=present if in_use else None,
-            loaded_via=(_state["via"] or ("LD_PRELOAD" if preloaded else "already loaded"))
-            if in_use
-            else None,
+            source=source(present) if in_use else None,
+            loaded_via=(_state["via"] or "LD_PRELOAD/already loaded") if in_use else None,
             fortran_runtime=fortran if in_use else None,
             mlx_imported_first=_state["mlx_imported_first"],
+            choice=choice() or "auto",
         )
-        if in_use:
+        if in_use and family(present) == "openblas":
             status["openblas"] = openblas_info(present)
     if measure:
         status["matmul_gflops_f32_512"] = round(matmul_gflops(512), 1)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tomllib
 import types
 from collections.abc import Mapping
@@ -88,8 +89,8 @@ def describe(error: ValidationError, cls: type[Settings]) -> str:
     """The first problem of a pydantic error as one line: key, what is wrong, what was given."""
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "(settings)"
-    if first["type"] == "value_error":  # a validator's own message names what it checked
-        return str(first["ctx"]["error"])
+    if first["type"] == "value_error":  # a validator's own message says what is wrong
+        return f"{key}: {first['ctx']['error']}"
     if first["type"] == "extra_forbidden":
         known = ", ".join(sorted(cls.model_fields))
         return f"unknown key {key!r} (known: {known})"
@@ -130,9 +131,7 @@ def flag_overrides(args: argparse.Namespace, cls: type[Settings]) -> dict[str, A
     """The settings a command line set: every attribute of `args` named like a field and not None.
 
     Give each such flag `default=None` so that an absent flag leaves the file's value in place."""
-    return {
-        key: value for key, value in vars(args).items() if key in cls.model_fields and value is not None
-    }
+    return {key: value for key, value in vars(args).items() if key in cls.model_fields and value is not None}
 
 
 def to_toml(settings: Settings | Mapping[str, Any], header: str = "") -> str:
@@ -149,8 +148,13 @@ def to_toml(settings: Settings | Mapping[str, Any], header: str = "") -> str:
             lines.append(f"{key} = {_toml_value(value)}")
     for name, table in tables:
         lines += ["", f"[{name}]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if v is not None]
     return "\n".join(lines) + "\n"
+
+
+def _toml_key(key: str) -> str:
+    """A bare key when TOML allows one, else quoted (e.g. a marker named "markers.txt:2")."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
 
 
 def _toml_value(value: Any) -> str:
@@ -161,7 +165,11 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None) + " }"
+        return (
+            "{ "
+            + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None)
+            + " }"
+        )
     return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid TOML basic string
 
 

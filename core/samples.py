@@ -1,6 +1,15 @@
-"""mlx-lm chat samples: one JSON object a line, {"messages": [...], "tools": [...]}; the last message is the
-assistant turn that training supervises and evaluation scores. Curate writes them; train and evaluate read
-them here, so a malformed line gets the same one-line error, naming path:line, wherever it is read.
+"""mlx-lm chat samples: one JSON object a line, {"messages": [...], "tools": [...]}. Curate writes them; train and
+evaluate read them here, so a malformed line gets the same one-line error, naming path:line, wherever it is read.
+
+Two kinds, told apart by one top-level key:
+- a per-turn sample (no key): the last message is the assistant turn that training supervises and evaluation
+  scores; everything before it is the prompt (mlx-lm's ChatDataset with `mask_prompt`).
+- a session sample, `"supervise": "all_assistant_turns"`: one whole trajectory in which every assistant message
+  is supervised exactly once and everything else is masked. It stands for the per-turn samples of its assistant
+  turns (`per_turn_samples`) at the cost of one sequence instead of one per turn; `supervised_spans` says which
+  tokens those turns are, and only exists when the chat template renders each turn's generation prompt as a
+  token prefix of the whole (a template that rewrites earlier turns gets per-turn samples instead). Plain
+  `mlx_lm lora` ignores the key and supervises only the last turn: give it `per_turn_samples`.
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ from typing import Any
 # recording proxy on the way marks the traces too: train refuses such samples, curate such records.
 BENCHMARK_KEY = "benchmark"
 BENCHMARK_SESSION = "flywheel-benchmark:"
+SUPERVISE = "supervise"  # top-level key of a session sample
+ALL_ASSISTANT_TURNS = "all_assistant_turns"  # its one value: every assistant message is supervised
 
 
 class SampleError(ValueError):
@@ -44,6 +55,47 @@ class Sample:
         """The final assistant turn."""
         return self.messages[-1]
 
+    @property
+    def is_session(self) -> bool:
+        return is_session(self.data)
+
+    def per_turn(self) -> list[Sample]:
+        """The per-turn samples this sample stands for (itself, unless it is a session sample)."""
+        if not self.is_session:
+            return [self]
+        return [
+            Sample(f"{self.where} turn {k}", data) for k, data in enumerate(per_turn_samples(self.data), 1)
+        ]
+
+
+def is_session(data: dict[str, Any]) -> bool:
+    return data.get(SUPERVISE) == ALL_ASSISTANT_TURNS
+
+
+def session_sample(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A whole trajectory as one sample whose every assistant message is supervised."""
+    return {"messages": messages, "tools": tools or [], SUPERVISE: ALL_ASSISTANT_TURNS}
+
+
+def assistant_turns(data: dict[str, Any]) -> list[int]:
+    """Indices of the supervised messages: every assistant message of a session sample, else the last one."""
+    messages = data["messages"]
+    if not is_session(data):
+        return [len(messages) - 1]
+    return [i for i, message in enumerate(messages) if message.get("role") == "assistant"]
+
+
+def per_turn_samples(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Plain mlx-lm chat samples, one per supervised turn, each ending with that turn (what `mlx_lm lora`
+    trains on, and what a session sample's loss adds up to)."""
+    tools = data.get("tools")
+    return [
+        {"messages": data["messages"][: i + 1], **({"tools": tools} if tools is not None else {})}
+        for i in assistant_turns(data)
+    ]
+
 
 def check_sample(data: Any, where: str) -> Sample:
     """`data` as a Sample, or SampleError naming `where` and the field at fault."""
@@ -60,10 +112,14 @@ def check_sample(data: Any, where: str) -> Sample:
         raise SampleError(
             f"{where}: the last message has role {final['role']!r}; it must be the assistant turn"
         )
-    for i, call in enumerate(final.get("tool_calls") or []):
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise SampleError(f"{where}: messages[-1].tool_calls[{i}].function.name missing")
+    if SUPERVISE in data and data[SUPERVISE] != ALL_ASSISTANT_TURNS:
+        raise SampleError(f"{where}: {SUPERVISE!r} must be {ALL_ASSISTANT_TURNS!r}, got {data[SUPERVISE]!r}")
+    for turn in assistant_turns(data):
+        name = "messages[-1]" if turn == len(messages) - 1 else f"messages[{turn}]"
+        for i, call in enumerate(messages[turn].get("tool_calls") or []):
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise SampleError(f"{where}: {name}.tool_calls[{i}].function.name missing")
     tools = data.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise SampleError(f"{where}: 'tools' must be a list of tool definitions")
@@ -92,3 +148,80 @@ def read_samples(path: Path | str) -> list[Sample]:
 def sample_line(data: dict[str, Any]) -> str:
     """One JSONL line (with its newline) for a sample."""
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ supervised spans
+
+
+def sample_tokens(tokenizer, data: dict[str, Any]) -> list[int]:
+    """The whole sample's tokens, as mlx_lm.server and mlx-lm's ChatDataset render the conversation."""
+    return _tokens(tokenizer, _server_messages(data), data.get("tools") or None)
+
+
+def _server_messages(data: dict[str, Any]) -> list[dict[str, Any]]:
+    from core.toolcalls import server_messages
+
+    return server_messages(data["messages"])
+
+
+def _tokens(tokenizer, messages: list[dict], tools: list[dict] | None, prompt: bool = False) -> list[int]:
+    return list(
+        tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=prompt, return_dict=False)
+    )
+
+
+class SpanError(ValueError):
+    """The chat template does not render the sample so that each supervised turn's tokens can be masked in;
+    `reason` says why without naming the turn (to count them)."""
+
+    def __init__(self, which: str, reason: str):
+        super().__init__(f"{which}: {reason}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Supervision:
+    """A sample's tokens as the server renders them, and the [start, end) token ranges that the loss counts."""
+
+    tokens: list[int]
+    spans: tuple[tuple[int, int], ...]
+
+    @property
+    def supervised(self) -> int:
+        return sum(end - start for start, end in self.spans)
+
+
+def supervised_spans(tokenizer, data: dict[str, Any]) -> Supervision:
+    """Tokens of the whole sample and, for each supervised assistant turn, the tokens that turn adds: from the
+    end of its generation prompt (`messages[:i]`, `add_generation_prompt`) to the end of `messages[:i + 1]`,
+    both rendered alone exactly as mlx_lm.server and mlx-lm's ChatDataset render them.
+
+    A span exists only when both renderings are token prefixes of the whole: then a causal model sees the
+    same context at every supervised token as in that turn's per-turn sample, so the session's loss is the
+    sum of the per-turn losses. SpanError (naming the turn) otherwise, e.g. for templates that rewrite or
+    drop parts of earlier turns once a later one exists."""
+    messages = _server_messages(data)
+    tools = data.get("tools") or None
+
+    def tokens_of(upto: int, prompt: bool = False) -> list[int]:
+        return _tokens(tokenizer, messages[:upto], tools, prompt)
+
+    whole = tokens_of(len(messages))
+    spans: list[tuple[int, int]] = []
+    turns = assistant_turns(data)
+    for k, turn in enumerate(turns, 1):
+        which = "the final assistant turn" if len(turns) == 1 else f"assistant turn {k} (messages[{turn}])"
+        prompt = tokens_of(turn, prompt=True)
+        upto = whole if turn == len(messages) - 1 else tokens_of(turn + 1)
+        if whole[: len(prompt)] != prompt or whole[: len(upto)] != upto:
+            raise SpanError(
+                which,
+                "its prompt's tokens are not a prefix of the whole conversation's tokens "
+                "(the chat template rewrites earlier turns)",
+            )
+        if len(upto) <= len(prompt):
+            raise SpanError(which, "it renders to no tokens")
+        if spans and len(prompt) < spans[-1][1]:
+            raise SpanError(which, "its tokens overlap the previous turn's")
+        spans.append((len(prompt), len(upto)))
+    return Supervision(whole, tuple(spans))

@@ -5,9 +5,10 @@
 
 Checks, in this order (the first failure is the verdict):
 
-    reference makes no call (abstention case)
+    reference makes no call (abstention case: the model must answer in text)
         unexpected_call   the model called a tool (or wrote a tool-call block the parser rejected)
         leaked_markup     no call, but tool-call markup in the text the agent would read
+        empty_answer      no call, but no answer either: empty or whitespace only
     reference makes calls
         unparseable       a tool-call block the model's parser rejected (mlx_lm.server drops it silently)
         leaked_markup     tool-call markup left in `content` (a call written as text)
@@ -47,6 +48,7 @@ CODES = (
     "ok",
     "no_call",
     "unexpected_call",
+    "empty_answer",
     "leaked_markup",
     "unparseable",
     "wrong_name",
@@ -296,6 +298,8 @@ def score_turn(
             return Verdict("unexpected_call", f"reference answers without a tool; model called {names}")
         if turn.leaked_markup:
             return Verdict("leaked_markup", f"tool-call markup in the answer: {_short(turn.content, 80)}")
+        if not turn.content.strip():
+            return Verdict("empty_answer", f"reference answers in text; the answer is {_short(turn.content)}")
         return Verdict("ok")
     if turn.unparsed:
         return Verdict("unparseable", f"parser rejected {_short(turn.unparsed[0], 80)}")

@@ -7,10 +7,12 @@ records with `TraceWriter`, curate reads them with `read_trace_lines`, and both 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
 import os
+import stat
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+
+from core.outcomes import OUTCOMES_FILE
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).parent / "schemas" / f"trace-record.v{SCHEMA_VERSION}.schema.json"
@@ -63,6 +67,17 @@ def _json_path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "(record)"
 
 
+def policy_name(record: dict[str, Any]) -> str | None:
+    """The name a record's answering policy goes by: its label, else its adapter, else its model path, else the
+    model the upstream named (records from before policies were recorded have only that)."""
+    policy = record.get("policy") or {}
+    for key in ("label", "adapter_path", "model_path", "served_model"):
+        if policy.get(key):
+            return policy[key]
+    response = record.get("response")
+    return response.get("model") if isinstance(response, dict) else None
+
+
 def utc_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -103,8 +118,23 @@ def run_file_name(started: dt.datetime | None = None) -> str:
     return f"{started.strftime('%Y%m%dT%H%M%S')}Z-{os.getpid()}.jsonl"
 
 
+def loss_file_for(trace_file: Path | str, directory: Path | str | None = None) -> Path:
+    """The side file beside a trace file that lists the exchanges the proxy saw but could not record (one
+    JSON line each: id, time, reason, session_id). Not `*.jsonl`, so trace readers never take it for
+    records."""
+    trace_file = Path(trace_file)
+    name = trace_file.name.removesuffix(".jsonl") + ".losses.ndjson"
+    return Path(directory) / name if directory is not None else trace_file.with_name(name)
+
+
 class TraceWriter:
-    """Append-only JSONL: one complete line per record, flushed as written, safe across threads."""
+    """Append-only JSONL: one complete line per record, written as one unbuffered append, safe across threads.
+
+    A write that fails part-way (a full disk) can leave a fragment of a line at the end of the file; before
+    the next append the file is cut back to its last complete line, so the fragment never joins the next
+    record. A fragment already there when the file is opened (a writer killed mid-line) is cut back too;
+    `cut_bytes` says how much was removed. `write` returns the file's size after the record.
+    """
 
     def __init__(self, directory: Path | str, file_name: str | None = None, fsync: bool = False):
         self.directory = Path(directory)
@@ -112,21 +142,55 @@ class TraceWriter:
         self.path = self.directory / (file_name or run_file_name())
         self.fsync = fsync
         self.records_written = 0
+        self.cut_bytes = 0
         self._lock = threading.Lock()
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (held for the run)
+        self._file = open(self.path, "a+b", buffering=0)  # noqa: SIM115 (held for the run; read to cut back)
+        self._regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)  # /dev/full is not
+        self._cut_back()
 
     @property
     def run_id(self) -> str:
         return self.path.stem
 
-    def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+    def write(self, record: dict[str, Any]) -> int:
+        data = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
         with self._lock:
-            self._file.write(line)
-            self._file.flush()
-            if self.fsync:
-                os.fsync(self._file.fileno())
+            self._cut_back()
+            try:
+                written = 0
+                while written < len(data):
+                    written += self._file.write(data[written:])
+                if self.fsync:
+                    os.fsync(self._file.fileno())
+            except OSError:
+                with contextlib.suppress(OSError):  # try now; the next write tries again before appending
+                    self._cut_back()
+                raise
             self.records_written += 1
+            return self.size()
+
+    def size(self) -> int:
+        """The file's size (0 for what is not a regular file, e.g. /dev/full)."""
+        return os.fstat(self._file.fileno()).st_size if self._regular else 0
+
+    def _cut_back(self) -> None:
+        """Truncate the file after its last newline (nothing to do when it ends with one)."""
+        if not self._regular:
+            return
+        size = self.size()
+        if size == 0 or os.pread(self._file.fileno(), 1, size - 1) == b"\n":
+            return
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            block = os.pread(self._file.fileno(), end - start, start)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+        os.ftruncate(self._file.fileno(), end)
+        self.cut_bytes += size - end
 
     def close(self) -> None:
         with self._lock:
@@ -154,12 +218,17 @@ class TraceLine:
         return f"{self.path}:{self.line_no}"
 
 
+# JSONL files kept beside the traces that are not trace records.
+SIDE_FILES = frozenset({OUTCOMES_FILE})
+
+
 def trace_files(paths: Iterable[Path | str]) -> list[Path]:
-    """The .jsonl files named by `paths` (files, or directories searched recursively), sorted."""
+    """The .jsonl files named by `paths` (files, or directories searched recursively, side files left out),
+    sorted."""
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found.extend(sorted(path.rglob("*.jsonl")))
+            found.extend(p for p in sorted(path.rglob("*.jsonl")) if p.name not in SIDE_FILES)
         elif path.exists():
             found.append(path)
         else:

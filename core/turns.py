@@ -17,15 +17,19 @@ call cut off by max_tokens is `unparseable` in-process, while the server drops i
 "length" with no sign of it, so the server path scores `no_call`; both details end "[answer cut at
 max_tokens]" (raise --max-tokens).
 
-Rates (None when no case applies):
-    parsed_call_rate      cases with a reference call where the model returned ≥ 1 structured call, none rejected
+Rates (None when no case applies). Call turns are the cases whose reference makes a call, answer turns the
+cases whose reference answers without one; the two are reported apart, and the headline turn-level number
+(the one `--fail-under`, checkpoint selection and the loop's summary use) is exact_call_accuracy:
+    parsed_call_rate      call turns where the model returned ≥ 1 structured call, none rejected
     name_accuracy         … where the called tool names equal the reference's (as a multiset)
     schema_valid_rate     … where every call names a declared tool and its arguments pass the tool's JSON schema
-    exact_call_accuracy   … where the verdict is ok (right calls, right arguments, no leaked markup)
-    over_call_rate        cases whose reference makes no call where the model called anyway: a structured call
-                          or a call block the parser (or the server) rejected; lower is better
-    abstention_accuracy   cases whose reference makes no call where the model made none either (verdict ok)
-    turn_success_rate     all cases with verdict ok (the per-case success used for paired statistics)
+    exact_call_accuracy   … where the verdict is ok (right calls, right arguments, no leaked markup): HEADLINE
+    over_call_rate        answer turns where the model called anyway: a structured call or a call block the
+                          parser (or the server) rejected; lower is better. Printed next to the headline, and
+                          every promotion gate refuses a significant rise
+    abstention_accuracy   answer turns where the model gave a real answer: no call, no tool-call markup, and
+                          not empty or whitespace (silence is not an answer)
+    turn_success_rate     all turns with verdict ok (mixes both kinds; the per-case success of paired statistics)
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -379,6 +383,10 @@ def benchmark_headers(sample: dict) -> dict[str, str] | None:
     return {SESSION_HEADER: f"{BENCHMARK_SESSION}{source}"} if source else None
 
 
+class ModelMismatch(RuntimeError):
+    """A response named another model than the ones the caller verified the server serves."""
+
+
 def request_turn(
     client,
     base_url: str,
@@ -389,8 +397,10 @@ def request_turn(
     max_tokens: int = 256,
     temperature: float = 0.0,
     headers: dict[str, str] | None = None,
+    response_models: Collection[str] | None = None,
 ) -> tuple[dict, str | None, int | None]:
-    """POST one chat completion; (assistant message, finish_reason, completion tokens)."""
+    """POST one chat completion; (assistant message, finish_reason, completion tokens). With
+    `response_models`, a response whose `model` is not one of them raises ModelMismatch."""
     body: dict[str, Any] = {
         "model": model_name,
         "messages": request_messages(messages),
@@ -404,6 +414,11 @@ def request_turn(
     if response.status_code != 200:
         raise RuntimeError(f"{base_url}: HTTP {response.status_code}: {response.text[:300]}")
     payload = response.json()
+    if response_models is not None and payload.get("model") not in response_models:
+        raise ModelMismatch(
+            f"{base_url}: a response names model {payload.get('model')!r}, not "
+            f"{' or '.join(sorted(response_models))} (what was verified); refusing to score it"
+        )
     choice = (payload.get("choices") or [{}])[0]
     usage = payload.get("usage") or {}
     return choice.get("message") or {}, choice.get("finish_reason"), usage.get("completion_tokens")
@@ -421,8 +436,12 @@ def evaluate_turns_server(
     timeout: float = 600.0,
     normalize: Normalizer | None = None,
     progress: Progress | None = None,
+    response_models: Collection[str] | None = None,
 ) -> TurnResults:
-    """Send each sample's prompt to an OpenAI-compatible endpoint (`base_url` ends in /v1) and score the reply."""
+    """Send each sample's prompt to an OpenAI-compatible endpoint (`base_url` ends in /v1) and score the reply.
+
+    `response_models`: the `model` names a response may carry (what the caller verified the server serves);
+    any other stops the run with ModelMismatch."""
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -444,6 +463,7 @@ def evaluate_turns_server(
                 max_tokens=max_tokens,
                 temperature=temperature,
                 headers=benchmark_headers(sample),
+                response_models=response_models,
             )
             raw = json.dumps({"finish_reason": finish_reason, "message": message}, ensure_ascii=False)
             case = _score(
@@ -467,5 +487,6 @@ def evaluate_turns_server(
         "temperature": temperature,
         "concurrency": concurrency,
         "normalize_strings": normalize is not None,
+        "response_models": sorted(response_models) if response_models is not None else None,
     }
     return TurnResults(cases, compute_rates(cases), time.perf_counter() - started, settings)

@@ -8,5 +8,6 @@ import core  # noqa: F401  (binds the fast BLAS before anything imports mlx)
 from curate.config import Config, load_config
 from curate.pipeline import run
 from curate.report import Report
+from curate.verify import AccountingError
 
-__all__ = ["Config", "Report", "load_config", "run"]
+__all__ = ["AccountingError", "Config", "Report", "load_config", "run"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from core.cli import command_parser
+
 EPILOG = """\
 example:
   python -m curate traces/ data/ --seed 1 --split 0.8,0.1,0.1
@@ -12,10 +14,14 @@ example:
 
 writes OUT_DIR/train.jsonl, valid.jsonl, test.jsonl (mlx-lm chat format: {"messages", "tools", "meta"};
 assistant tool calls OpenAI-shaped with arguments as JSON objects), rejects.jsonl (every rejected or
-deduplicated line and sample with its reason and file:line) and report.json (the funnel, stage by stage).
-Exits 1 with a one-line reason when no usable sample remains.
+deduplicated line and sample with its reason and file:line), report.json (the funnel, stage by stage) and
+curate.toml (the resolved settings: --config OUT_DIR/curate.toml repeats the run). Splits are by task:
+samples of one session, of one task (normalised first user message + tool names) or exact duplicates of
+each other share a split, placed by a stable hash of the task and --seed.
+Exits 1 with a one-line reason when no usable sample remains; 2 on a missing input or a bad setting;
+3 when the files written break in = kept + rejected + deduplicated (the line names the stage).
 
-curate.toml keys are Config's field names, e.g.:
+curate.toml keys are Config's field names (an unknown key or a wrongly typed value is refused), e.g.:
   seed = 1
   split = [0.8, 0.1, 0.1]
   include_final_answers = true
@@ -34,12 +40,11 @@ def parse_split(text: str) -> tuple[float, float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m curate",
-        description="Turn recorded agent traces into mlx-lm training data: validate, stitch sessions, one sample "
+    parser = command_parser(
+        "python -m curate",
+        "Turn recorded agent traces into mlx-lm training data: validate, stitch sessions, one sample "
         "per assistant turn, strip synthetic markers, convert text-about-tools, check tool calls, dedupe, split.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        EPILOG,
     )
     parser.add_argument(
         "paths",
@@ -57,6 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         help="with --model: drop samples longer than this many tokens (default 2048)",
     )
     parser.add_argument("--seed", type=int, help="split seed (default 0)")
+    parser.add_argument(
+        "--require-outcome",
+        choices=("success", "failure"),
+        help="keep only sessions whose outcome (traces' outcomes.jsonl: task checks, feedback, labels) is this",
+    )
+    parser.add_argument(
+        "--answered-by", help="keep only exchanges answered by this policy (its label, adapter or model)"
+    )
     parser.add_argument("--split", type=parse_split, help="train,valid,test fractions (default 0.8,0.1,0.1)")
     parser.add_argument(
         "--keep-failed",
@@ -85,26 +98,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_seq_length and not args.model:
         parser.error("--max-seq-length needs --model (token counts come from its tokenizer)")
 
-    from curate.config import load_config
+    from core.config import flag_overrides
+    from curate.config import Config, load_config
     from curate.markers import load_markers_file
     from curate.pipeline import run
+    from curate.verify import AccountingError
 
     try:
         config = load_config(
             args.config,
-            model=args.model,
-            max_seq_length=args.max_seq_length,
-            seed=args.seed,
-            split=args.split,
-            keep_failed=args.keep_failed,
-            keep_http_errors=args.keep_http_errors,
+            **flag_overrides(args, Config),
             include_final_answers=False if args.no_final_answers else None,
             progress=False if args.quiet else None,
-            workers=args.workers,
         )
         if args.markers_file:
-            config.extra_markers.update(load_markers_file(args.markers_file))
+            extra = {**config.extra_markers, **load_markers_file(args.markers_file)}
+            config = config.replace(extra_markers=extra)
         report = run(inputs, out_dir, config)
+    except AccountingError as error:
+        print(f"curate: {error}", file=sys.stderr)
+        return 3
     except (FileNotFoundError, ValueError, OSError) as error:
         print(f"curate: {error}", file=sys.stderr)
         return 2

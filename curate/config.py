@@ -1,29 +1,35 @@
-"""Curate's settings: a dataclass, optionally read from a TOML file (keys as the field names)."""
+"""Curate's settings: a `core.config.Settings` class read from curate.toml (keys as the field names) and
+overridden by flags; the resolved settings are saved beside the output as curate.toml."""
 
 from __future__ import annotations
 
-import dataclasses
-import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
+from pydantic import ValidationInfo, field_validator
+
+from core.config import ConfigError, Settings, load, save
 from curate.markers import DEFAULT_MARKERS, check_patterns
 
 RETRY_PROMPT = r"Fix the errors and try again\.?\s*$"  # pydantic-ai RetryPromptPart.model_response()
 TOOL_ERROR = r"(?i)^\s*(?:error\b|traceback \(most recent call last\)|exception\b|\{\s*\x22error\x22\s*:)"
+SAVED_AS = "curate.toml"
 
 
-@dataclass
-class Config:
+class Config(Settings):
     seed: int = 0
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    # stage 1b: learn only from the traffic of one policy (core.trace.policy_name), and only from sessions
+    # whose recorded outcome (core.outcomes, beside the traces) is this one
+    answered_by: str | None = None
+    require_outcome: Literal["success", "failure"] | None = None
     # stage 3: also make a sample of each final answer (assistant text without tool calls)
     include_final_answers: bool = True
     # stage 4: named regexes stripped from user/system text; extra_markers are added to these
-    markers: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_MARKERS))
-    extra_markers: dict[str, str] = field(default_factory=dict)
+    markers: dict[str, str] = dict(DEFAULT_MARKERS)
+    extra_markers: dict[str, str] = {}
     # stage 5: "convert" text-about-tools calls that parse unambiguously (else reject), or "reject" all
-    text_tool_calls: str = "convert"
+    text_tool_calls: Literal["convert", "reject"] = "convert"
     # stage 6: keep samples whose call failed (a retry prompt or a tool error followed); HTTP-error exchanges
     keep_failed: bool = False
     keep_http_errors: bool = False
@@ -32,10 +38,11 @@ class Config:
     # stage 7: trajectories whose samples are kept per near-duplicate cluster (0 = keep all, still split
     # together); a cluster is one tool set + normalised last user intent + the same call(s)
     near_duplicates_keep: int = 1
-    # stage 8: also keep samples with the same tool set and user intent in one split
+    # stage 8: also keep samples with the same tool set and last user intent in one split (trajectories
+    # with the same task, first user message + tool set, always share one)
     split_by_intent: bool = False
     # stage 9 (with a model): drop round-trip failures; drop samples longer than max_seq_length tokens
-    model: str | None = None
+    model: Path | None = None
     max_seq_length: int = 2048
     drop_too_long: bool = True
     # memory: bytes of trace lines parsed per batch (pass 1: all lines; pass 2: trajectory heads)
@@ -46,36 +53,55 @@ class Config:
     progress: bool = True
     examples: int = 3  # duplicate clusters shown in the report
 
+    @field_validator("split")
+    @classmethod
+    def _fractions(cls, split: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f < 0 for f in split) or abs(sum(split) - 1) > 1e-6:
+            raise ValueError(f"split must be three fractions summing to 1, got {split}")
+        if split[0] <= 0:
+            raise ValueError("split: the train fraction must be > 0")
+        return split
+
+    @field_validator("model")
+    @classmethod
+    def _model_directory(cls, model: Path | None) -> Path | None:
+        # a path that is not a directory would make mlx-lm try the model hub
+        if model is not None and not model.expanduser().is_dir():
+            raise ValueError(f"{model} is not a model directory")
+        return model.expanduser() if model is not None else None
+
+    @field_validator("markers", "extra_markers")
+    @classmethod
+    def _markers_compile(cls, patterns: dict[str, str]) -> dict[str, str]:
+        check_patterns(patterns)
+        return patterns
+
+    @field_validator("retry_prompt_pattern", "tool_error_pattern")
+    @classmethod
+    def _pattern_compiles(cls, pattern: str, info: ValidationInfo) -> str:
+        check_patterns({info.field_name: pattern})
+        return pattern
+
     def all_markers(self) -> dict[str, str]:
         return {**self.markers, **self.extra_markers}
 
     def check(self) -> Config:
-        if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
-            raise ValueError(f"split must be three fractions summing to 1, got {self.split}")
-        if self.split[0] <= 0:
-            raise ValueError("split: the train fraction must be > 0")
-        if self.text_tool_calls not in ("convert", "reject"):
-            raise ValueError(f"text_tool_calls must be 'convert' or 'reject', got {self.text_tool_calls!r}")
-        check_patterns(self.all_markers())
-        check_patterns(
-            {"retry_prompt_pattern": self.retry_prompt_pattern, "tool_error_pattern": self.tool_error_pattern}
-        )
-        return self
+        """Validated again (a dict field changed in place is not checked on assignment)."""
+        return type(self).model_validate(self.model_dump())
 
 
-def load_config(path: str | Path | None = None, **overrides) -> Config:
-    """Config from a TOML file (unknown keys are an error naming the key), then `overrides` (None ignored)."""
-    values = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            values = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as error:
-            raise ValueError(f"{path}: not valid TOML: {error}") from None
-        names = {f.name for f in dataclasses.fields(Config)}
-        if unknown := sorted(set(values) - names):
-            raise ValueError(f"{path}: unknown setting {unknown[0]!r} (known: {', '.join(sorted(names))})")
-        if "split" in values:
-            values["split"] = tuple(values["split"])
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return Config(**values).check()
+def load_config(path: str | Path | None = None, **overrides: Any) -> Config:
+    """Config from a TOML file, then `overrides` (flags; None means "not given"). A key the class does not
+    know, or a value of the wrong type, is a ConfigError naming the file (or flag) and the key."""
+    try:
+        return load(Config, path, overrides={k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as error:
+        # curate's messages have always called its keys "settings"; scripts match on that word
+        raise ConfigError(str(error).replace("unknown key", "unknown setting", 1)) from None
+
+
+def save_config(config: Config, out_dir: Path) -> Path:
+    """The resolved settings beside the output: `python -m curate ... --config OUT/curate.toml` repeats the run."""
+    return save(
+        config, Path(out_dir) / SAVED_AS, header="curate settings of this run (python -m curate --config)"
+    )

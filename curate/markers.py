@@ -32,7 +32,18 @@ def check_patterns(patterns: dict[str, str]) -> None:
         try:
             pl.select(pl.lit("x").str.contains(pattern)).item()
         except Exception as error:  # polars raises ComputeError with the regex error text
-            raise ValueError(f"marker pattern {name!r} ({pattern!r}) is not a valid regex: {error}") from None
+            reason = _regex_error(str(error))
+            raise ValueError(
+                f"marker pattern {name!r} ({pattern!r}) is not a valid regex: {reason}"
+            ) from None
+
+
+def _regex_error(text: str) -> str:
+    """The regex crate's own one-line verdict ("error: unclosed group") out of Polars' multi-line message."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return next(
+        (line[len("error: ") :] for line in lines if line.startswith("error: ")), lines[0] if lines else text
+    )
 
 
 def load_markers_file(path: str | Path) -> dict[str, str]:
@@ -44,3 +55,28 @@ def load_markers_file(path: str | Path) -> dict[str, str]:
             patterns[f"{path.name}:{line_no}"] = line.strip()
     check_patterns(patterns)
     return patterns
+
+
+def strip_markers(messages: pl.DataFrame, patterns: dict[str, str]) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Stage 4: remove marker patterns from user/system content (each pattern in turn, counting its
+    matches). Adds `emptied` (the text was non-empty and nothing but markers) and `marker_changed`."""
+    target = pl.col("role").is_in(["user", "system"])
+    frame = messages.lazy().with_columns(_text=pl.when(target).then(pl.col("content")).otherwise(pl.lit("")))
+    matches = [f"_m{index}" for index in range(len(patterns))]
+    for column, pattern in zip(matches, patterns.values(), strict=True):
+        frame = frame.with_columns(pl.col("_text").str.count_matches(pattern).alias(column)).with_columns(
+            pl.col("_text").str.replace_all(pattern, "")
+        )
+    changed = target & (pl.sum_horizontal(matches) > 0 if matches else pl.lit(False))
+    cleaned = pl.col("_text").str.replace_all(r"[ \t]{2,}", " ").str.strip_chars()
+    frame = (
+        frame.with_columns(marker_changed=changed)
+        .with_columns(
+            emptied=pl.col("marker_changed") & (cleaned == "") & (pl.col("content").str.strip_chars() != ""),
+            content=pl.when(pl.col("marker_changed")).then(cleaned).otherwise(pl.col("content")),
+        )
+        .collect()
+    )
+    counts = frame.select(pl.col(matches).sum()).row(0) if matches else ()
+    counted = {name: int(count or 0) for name, count in zip(patterns, counts, strict=True)}
+    return frame.drop("_text", *matches), counted

@@ -1,5 +1,7 @@
 """Stage 9 (with --model): render each sample with the model's chat template and parse the supervised turn
-back with its tool parser (`core.toolcalls.round_trip`); count tokens as mlx-lm's ChatDataset does."""
+back with its tool parser (`core.toolcalls.round_trip`); check that its tokens continue its prompt's tokens,
+so that training's loss mask is right (`core.samples.supervised_spans`, what train's preflight checks); count
+tokens as mlx-lm's ChatDataset does."""
 
 from __future__ import annotations
 
@@ -12,24 +14,32 @@ from curate.config import Config
 
 
 def check_samples(lines: pl.DataFrame, config: Config) -> tuple[pl.DataFrame, dict]:
-    """lines (sid, line) → (sid, model_reason, model_detail) for failures, and a summary for the report."""
+    """lines (sid, line) → (sid, reason, detail) of the failures, and a summary for the report. One Python
+    step per sample: the chat template and the tool parser are the model's own code."""
+    from core.samples import SpanError, supervised_spans
     from core.toolcalls import load_tokenizer, round_trip
 
     tokenizer = load_tokenizer(config.model)
     sids, reasons, details = [], [], []
     failures: Counter[str] = Counter()
     lengths = []
-    too_long = 0
+    too_long = mismatches = 0
     for sid, line in lines.select("sid", "line").iter_rows():
         sample = json.loads(line)
         messages, tools = sample["messages"], sample.get("tools") or None
         result = round_trip(tokenizer, messages, tools)
-        tokens = len(tokenizer.apply_chat_template(messages, tools=tools, return_dict=False))
-        lengths.append(tokens)
         reason = detail = None
+        try:
+            tokens = len(supervised_spans(tokenizer, sample).tokens)
+        except SpanError as error:
+            reason, detail = "mask_mismatch", str(error)
+            tokens = len(tokenizer.apply_chat_template(messages, tools=tools, return_dict=False))
+        lengths.append(tokens)
         if not result.ok:
             reason, detail = "round_trip_failed", result.reason
             failures[result.reason.split(";")[0][:60]] += 1
+        elif reason is not None:
+            mismatches += 1
         elif tokens > config.max_seq_length:
             too_long += 1
             if config.drop_too_long:
@@ -39,14 +49,15 @@ def check_samples(lines: pl.DataFrame, config: Config) -> tuple[pl.DataFrame, di
             reasons.append(reason)
             details.append(detail)
     verdicts = pl.DataFrame(
-        {"sid": sids, "model_reason": reasons, "model_detail": details},
-        schema={"sid": pl.Int64, "model_reason": pl.String, "model_detail": pl.String},
+        {"sid": sids, "reason": reasons, "detail": details},
+        schema={"sid": pl.Int64, "reason": pl.String, "detail": pl.String},
     )
     summary = {
         "model": str(config.model),
         "checked": lines.height,
         "round_trip_failures": sum(failures.values()),
         "round_trip_failure_reasons": dict(failures.most_common(10)),
+        "mask_mismatches": mismatches,
         "longer_than_max_seq_length": too_long,
         "max_seq_length": config.max_seq_length,
         "dropped_too_long": config.drop_too_long,

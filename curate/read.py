@@ -30,6 +30,7 @@ import polars as pl
 
 from core import trace
 from core.samples import BENCHMARK_SESSION
+from core.trace import policy_name
 
 SORTED = orjson.OPT_SORT_KEYS
 
@@ -156,6 +157,7 @@ EXCHANGE_SCHEMA = {
     "n_messages": pl.Int64,
     "has_response": pl.Boolean,
     "tools_json": pl.String,
+    "answered_by": pl.String,  # core.trace.policy_name
 }
 MESSAGE_SCHEMA = {
     "x": pl.Int64,
@@ -249,6 +251,7 @@ class Flattener:
                 len(messages),
                 bool(choices),
                 self._tools_json(tools),
+                policy_name(record),
             )
         )
         if self.with_tools:

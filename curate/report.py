@@ -1,21 +1,21 @@
-"""The funnel report: report.json, rejects.jsonl and a short human summary (rich).
+"""The funnel report, formatted: report.json (machine output) and a short human summary (rich).
 
-Two units, each with its own exact identity:
-  exchanges  every non-blank input line: in = kept + rejected + deduplicated
-  samples    every assistant turn of every trajectory head: in = kept + rejected + deduplicated
-An exchange is one line; a trajectory head is the longest exchange of a conversation and stands for its
-prefixes (deduplicated); each assistant turn of a head is one sample ending on that turn.
+The numbers come from curate.funnel (the accounting) and the stages' own statistics; nothing here decides
+a fate or writes a data file.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from curate import reasons as r
+from curate.config import SAVED_AS, Config
+from curate.funnel import Accounting, Exchanges, Samples, counts
 
 UNITS = {
     "exchange": "one non-blank line of a trace file (one recorded request/response)",
@@ -27,34 +27,10 @@ UNITS = {
         "exchange counts as kept when at least one of its head's samples was written."
     ),
 }
-
-SAMPLE_STAGE = {
-    "source_exchange_rejected": "3 per-turn samples",
-    "empty_assistant_turn": "3 per-turn samples",
-    "final_answer_excluded": "3 per-turn samples",
-    "empty_after_markers": "4 markers",
-    "non_text_content": "3 per-turn samples",
-    "unknown_tool": "6 tool-call validity",
-    "arguments_not_json": "6 tool-call validity",
-    "arguments_not_object": "6 tool-call validity",
-    "arguments_schema_invalid": "6 tool-call validity",
-    "failed_call": "6 tool-call validity",
-    "failed_final_answer": "6 tool-call validity",
-    "exact_duplicate": "7 dedupe",
-    "near_duplicate": "7 dedupe",
-    "round_trip_failed": "9 model check",
-    "too_long": "9 model check",
-}
-
-
-def _sample_stage(reason: str) -> str:
-    return "5 text tool calls" if reason.startswith("text_tool_call_") else SAMPLE_STAGE.get(reason, "?")
-
-
-def _counts(frame: pl.DataFrame, column: str) -> dict[str, int]:
-    if frame.height == 0:
-        return {}
-    return {str(k): int(v) for k, v in frame.group_by(column).len().sort("len", descending=True).iter_rows()}
+VALIDATION_NOTE = (
+    "fast path = orjson + jsonschema-rs (the schema file) + a date-time check no looser than "
+    "jsonschema's; every line it refuses is decided by core.trace.validation_errors"
+)
 
 
 @dataclass
@@ -103,15 +79,23 @@ class Report:
             removed = ", ".join(f"{k}: {v}" for k, v in stage.get("removed", {}).items()) or "-"
             table.add_row(stage["name"], str(stage["in"]), str(stage["out"]), removed)
         console.print(table)
-        ex, sm = d["exchanges"], d["samples"]
-        console.print(
-            f"exchanges: {ex['in']} in = {ex['kept']} kept + {ex['rejected']} rejected + {ex['deduplicated']} deduplicated"
-            f" [{'green' if ex['identity_holds'] else 'red'}]({'holds' if ex['identity_holds'] else 'BROKEN'})[/]"
-        )
-        console.print(
-            f"samples:   {sm['in']} in = {sm['kept']} kept + {sm['rejected']} rejected + {sm['deduplicated']} deduplicated"
-            f" [{'green' if sm['identity_holds'] else 'red'}]({'holds' if sm['identity_holds'] else 'BROKEN'})[/]"
-        )
+        files = d.get("verified_from_files", {})
+        for label, unit in (("exchanges", "exchanges"), ("samples:  ", "samples")):
+            n = d[unit]
+            holds = n["identity_holds"] and files.get(unit, {}).get("holds", False)
+            verdict = "[green](holds in the files written)[/]" if holds else "[red](BROKEN)[/]"
+            console.print(
+                f"{label} {n['in']} in = {n['kept']} kept + {n['rejected']} rejected + "
+                f"{n['deduplicated']} deduplicated {verdict}"
+            )
+        for key, title in (("by_policy", "answered by"), ("by_outcome", "session outcome")):
+            groups = d.get(key) or {}
+            if len(groups) > 1 or (key == "by_outcome" and set(groups) != {"(none)"}):
+                shown = "; ".join(
+                    f"{name}: {g['usable']}/{g['exchanges']} exchanges usable, {g['sessions']} sessions"
+                    for name, g in groups.items()
+                )
+                console.print(f"{title}: {shown}", markup=False)
         sp = d["split"]
         console.print(
             f"written: train {sp['train']}, valid {sp['valid']}, test {sp['test']} → {d['out_dir']}"
@@ -120,375 +104,150 @@ class Report:
             console.print(f"[yellow]note:[/] {note}")
 
 
+@dataclass
+class Statistics:
+    """What the stages counted besides fates: marker matches, text-about-tools formats, the model check."""
+
+    marker_matches: dict[str, int]
+    marker_messages: int
+    text_calls: pl.DataFrame  # tt_format, tt_status, len (per batch, summed here)
+    model_check: dict[str, Any] | None = None
+
+
 def build_report(
-    *,
-    files,
-    out_dir,
-    config,
-    counters,
-    validation,
-    rejects_1,
-    policy_rejects,
-    stitched,
-    samples,
-    kept,
-    where,
-    marker_counts,
-    marker_messages,
-    tt_counts,
-    model_check,
-    split_notes,
-    written,
-    messages_seen,
-    head_messages,
-    timings,
+    config: Config,
+    files: list[Path],
+    out_dir: Path,
+    ex: Exchanges,
+    sm: Samples,
+    acc: Accounting,
+    stats: Statistics,
+    written: dict[str, str],
 ) -> Report:
-    lines_in = where.height
-    valid = lines_in - rejects_1.height
-    usable = valid - policy_rejects.height
-
-    # ---- sample fates
-    samples = samples.with_columns(
-        fate=pl.when(pl.col("reason").is_not_null())
-        .then(pl.lit("rejected"))
-        .when(pl.col("dup").is_not_null())
-        .then(pl.lit("deduplicated"))
-        .when(pl.col("model_reason").is_not_null())
-        .then(pl.lit("rejected"))
-        .otherwise(pl.lit("kept")),
-        why=pl.coalesce("reason", "dup", "model_reason"),
-    )
-    fates = _counts(samples, "fate")
-    samples_rejected = samples.filter(pl.col("fate") == "rejected")
-    samples_dedup = samples.filter(pl.col("fate") == "deduplicated")
-
-    # ---- exchange fates: heads take their fate from their samples
-    head_fate = (
-        stitched.filter(pl.col("stitch") == "head")
-        .select("x")
-        .join(
-            samples.group_by("x").agg(
-                kept=(pl.col("fate") == "kept").sum(),
-                dedup=(pl.col("fate") == "deduplicated").sum(),
-                n=pl.len(),
-            ),
-            on="x",
-            how="left",
-        )
-        .with_columns(pl.col("kept", "dedup", "n").fill_null(0))
-        .with_columns(
-            fate=pl.when(pl.col("kept") > 0)
-            .then(pl.lit("kept"))
-            .when(pl.col("dedup") > 0)
-            .then(pl.lit("deduplicated"))
-            .otherwise(pl.lit("rejected")),
-            reason=pl.when(pl.col("kept") > 0)
-            .then(pl.lit(None, dtype=pl.String))
-            .when(pl.col("dedup") > 0)
-            .then(pl.lit("all_samples_duplicate"))
-            .when(pl.col("n") == 0)
-            .then(pl.lit("no_assistant_turns"))
-            .otherwise(pl.lit("no_usable_samples")),
-        )
-    )
-    covered = stitched.filter(pl.col("stitch") != "head").with_columns(
-        reason=pl.when(pl.col("stitch") == "prefix")
-        .then(pl.lit("prefix_of_longer_exchange"))
-        .otherwise(pl.lit("duplicate_exchange"))
-    )
-    ex_kept = head_fate.filter(pl.col("fate") == "kept").height
-    head_rejected = head_fate.filter(pl.col("fate") == "rejected")
-    head_dedup = head_fate.filter(pl.col("fate") == "deduplicated")
-    ex_rejected = rejects_1.height + policy_rejects.height + head_rejected.height
-    ex_dedup = covered.height + head_dedup.height
-    rejected_by_reason = _counts(
-        pl.concat(
-            [rejects_1.select("reason"), policy_rejects.select("reason"), head_rejected.select("reason")]
-        ),
-        "reason",
-    )
-
-    # ---- rejects.jsonl
-    loc = where.select("x", "where")
-    line_rows = pl.concat(
-        [
-            rejects_1.select("x", "stage", "reason", "detail"),
-            policy_rejects.select("x", "stage", "reason", "detail"),
-            covered.join(loc.rename({"x": "head", "where": "head_where"}), on="head", how="left").select(
-                "x",
-                stage=pl.lit("2 stitch"),
-                reason=pl.col("reason"),
-                detail=pl.lit("contained in ") + pl.col("head_where"),
-            ),
-            head_rejected.vstack(head_dedup).select(
-                "x",
-                stage=pl.lit("3-9 samples"),
-                reason=pl.col("reason"),
-                detail=pl.format("{} samples, none kept (see the sample rejects with this head)", "n"),
-            ),
-        ]
-    ).join(loc, on="x", how="left")
-    line_json = line_rows.sort("x").select(
-        pl.struct(
-            unit=pl.lit("exchange"), stage="stage", reason="reason", detail="detail", source="where"
-        ).struct.json_encode()
-    )
-    turn_where = (
-        samples.select(dup_of="sid", x="x", _turn="pos")
-        .join(loc, on="x")
-        .select("dup_of", kept_where=pl.format("{} turn {}", "where", "_turn"))
-    )
-    sample_rows = (
-        samples.filter(pl.col("fate") != "kept")
-        .join(turn_where, on="dup_of", how="left")
-        .join(loc.rename({"x": "src", "where": "source"}), on="src", how="left")
-        .join(loc.rename({"where": "head"}), on="x", how="left")
-        .with_columns(
-            detail=pl.coalesce(
-                "detail",
-                pl.when(pl.col("dup").is_not_null()).then(
-                    pl.lit("duplicate of the sample kept from ") + pl.col("kept_where")
-                ),
-                "model_detail",
-            )
-        )
-        .sort("sid")
-    )
-    sample_json = sample_rows.select(
-        pl.struct(
-            unit=pl.lit("sample"),
-            stage=pl.when(pl.col("why").str.starts_with("text_tool_call_"))
-            .then(pl.lit("5 text tool calls"))
-            .otherwise(pl.col("why").replace_strict(SAMPLE_STAGE, default="?")),
-            reason="why",
-            detail="detail",
-            source="source",
-            head="head",
-            turn="pos",
-            kind="kind",
-        ).struct.json_encode()
-    )
-    rejects_path = Path(out_dir) / "rejects.jsonl"
-    pl.concat([line_json.to_series(), sample_json.to_series()]).to_frame("line").write_csv(
-        rejects_path, include_header=False, quote_style="never"
-    )
-
-    # ---- funnel, stage by stage
-    heads = stitched.filter(pl.col("stitch") == "head").height
-    by_reason_rejected = _counts(samples_rejected, "why")
-    by_stage: dict[str, dict[str, int]] = {}
-    for reason, count in {**by_reason_rejected, **_counts(samples_dedup, "why")}.items():
-        by_stage.setdefault(_sample_stage(reason), {})[reason] = count
-    n_samples = samples.height
-    stage_rows = [
-        {
-            "name": "read",
-            "unit": "line",
-            "in": lines_in,
-            "out": lines_in,
-            "removed": {},
-            "files": len(files),
-            "bytes": counters["bytes"],
-            "blank_lines_ignored": counters["blank_lines"],
-        },
-        {
-            "name": "1 validate",
-            "unit": "exchange",
-            "in": lines_in,
-            "out": valid,
-            "removed": _counts(rejects_1, "reason"),
-        },
-        {
-            "name": "1b exchange policy",
-            "unit": "exchange",
-            "in": valid,
-            "out": usable,
-            "removed": _counts(policy_rejects, "reason"),
-        },
-        {
-            "name": "2 stitch",
-            "unit": "exchange",
-            "in": usable,
-            "out": heads,
-            "removed": _counts(covered, "reason"),
-        },
-    ]
-    remaining = n_samples
-    stage_rows.append(
-        {
-            "name": "3 per-turn samples",
-            "unit": "sample",
-            "in": n_samples,
-            "out": None,
-            "removed": by_stage.get("3 per-turn samples", {}),
-            "by_kind": _counts(samples, "kind"),
-        }
-    )
-    for name in (
-        "3 per-turn samples",
-        "4 markers",
-        "5 text tool calls",
-        "6 tool-call validity",
-        "7 dedupe",
-        "9 model check",
-    ):
-        removed = by_stage.get(name, {})
-        if name != "3 per-turn samples":
-            stage_rows.append(
-                {"name": name, "unit": "sample", "in": remaining, "out": None, "removed": removed}
-            )
-        remaining -= sum(removed.values())
-        stage_rows[-1]["out"] = remaining
-    split_counts = _counts(kept, "split")
-    stage_rows.append(
-        {
-            "name": "8 split",
-            "unit": "sample",
-            "in": remaining,
-            "out": kept.height,
-            "removed": {},
-            **{k: split_counts.get(k, 0) for k in ("train", "valid", "test")},
-        }
-    )
-
-    # ---- details per stage
-    tt = {}
-    if tt_counts is not None and tt_counts.height:
-        for fmt, status, count in (
-            tt_counts.group_by("tt_format", "tt_status").agg(pl.col("len").sum()).iter_rows()
-        ):
-            tt.setdefault(fmt, {})[status] = int(count)
-    tt_samples = samples.filter(pl.col("tt_format").is_not_null())
-    outcomes = _counts(samples.filter(pl.col("kind") == "tool_call"), "outcome")
-    examples = _duplicate_examples(samples, loc, config.examples)
+    rejected = acc.samples["rejected_by_reason"]
     data = {
         "inputs": [str(f) for f in files],
         "out_dir": str(out_dir),
-        "config": {
-            k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()
-        },
+        "config": config.to_dict(),
         "units": UNITS,
-        "exchanges": {
-            "in": lines_in,
-            "kept": ex_kept,
-            "rejected": ex_rejected,
-            "deduplicated": ex_dedup,
-            "identity_holds": lines_in == ex_kept + ex_rejected + ex_dedup,
-            "rejected_by_reason": rejected_by_reason,
-            "deduplicated_by_reason": {
-                **_counts(covered, "reason"),
-                **({"all_samples_duplicate": head_dedup.height} if head_dedup.height else {}),
-            },
-        },
-        "samples": {
-            "in": n_samples,
-            "kept": fates.get("kept", 0),
-            "rejected": fates.get("rejected", 0),
-            "deduplicated": fates.get("deduplicated", 0),
-            "identity_holds": n_samples == sum(fates.values()) and fates.get("kept", 0) == kept.height,
-            "rejected_by_reason": by_reason_rejected,
-            "deduplicated_by_reason": _counts(samples_dedup, "why"),
-            "by_kind": _counts(samples, "kind"),
-            "kept_by_kind": _counts(kept, "kind"),
-        },
-        "stages": stage_rows,
-        "validation": {
-            **validation,
-            "note": "fast path = orjson + jsonschema-rs (the schema file) + a date-time check no looser than "
-            "jsonschema's; every line it refuses is decided by core.trace.validation_errors",
-        },
-        "stitching": {
-            "trajectories": heads,
-            "prefix_exchanges": int((stitched.get_column("stitch") == "prefix").sum()),
-            "duplicate_exchanges": int((stitched.get_column("stitch") == "duplicate").sum()),
-            "messages_in_all_exchanges": messages_seen,
-            "messages_in_trajectory_heads": head_messages,
-            "prefix_messages_removed": messages_seen - head_messages,
-            "sessions": int(stitched.get_column("session_id").drop_nulls().n_unique()),
-        },
+        "exchanges": acc.exchanges,
+        "samples": acc.samples,
+        "stages": acc.stages,
+        "validation": {**ex.validation, "note": VALIDATION_NOTE},
+        "stitching": stitching(ex),
         "markers": {
             "patterns": config.all_markers(),
-            "matches_per_pattern": marker_counts,
-            "messages_changed": marker_messages,
-            "samples_dropped": by_reason_rejected.get("empty_after_markers", 0),
+            "matches_per_pattern": stats.marker_matches,
+            "messages_changed": stats.marker_messages,
+            "samples_dropped": rejected.get("empty_after_markers", 0),
         },
-        "text_tool_calls": {
-            "messages_by_format": tt,
-            "samples_converted": tt_samples.filter(pl.col("tt_status") == "converted").height,
-            "samples_converted_kept": kept.filter(pl.col("tt_status") == "converted").height,
-            "samples_rejected": tt_samples.filter(
-                ~pl.col("tt_status").is_in(["converted", "not_a_call"])
-            ).height,
-            "json_answers_left_alone": tt_samples.filter(pl.col("tt_status") == "not_a_call").height,
-            "policy": config.text_tool_calls,
-        },
+        "text_tool_calls": {**text_calls(sm, stats.text_calls), "policy": config.text_tool_calls},
         "tool_calls": {
-            "outcomes": outcomes,
-            "invalid": {
-                k: v
-                for k, v in by_reason_rejected.items()
-                if k
-                in ("unknown_tool", "arguments_not_json", "arguments_not_object", "arguments_schema_invalid")
-            },
+            "outcomes": counts(sm.table.filter(pl.col("kind") == "tool_call"), "outcome"),
+            "invalid": {k: v for k, v in rejected.items() if k in r.group("invalid")},
         },
         "dedupe": {
-            "exact": _cluster_stats(samples, "exact_key", "exact_duplicate"),
-            "near": _cluster_stats(samples, "near_key", "near_duplicate"),
-            "examples": examples,
+            "exact": cluster_stats(sm, "exact_key", "exact_duplicate"),
+            "near": cluster_stats(sm, "near_key", "near_duplicate"),
+            "examples": duplicate_examples(sm, ex.where, config.examples),
         },
-        "model_check": model_check,
-        "split": {
-            **{k: split_counts.get(k, 0) for k in ("train", "valid", "test")},
-            "components": int(kept.get_column("component").n_unique()) if kept.height else 0,
-            "grouped_by": ["session (or trajectory head)", "near-duplicate cluster"]
-            + (["intent"] if config.split_by_intent else []),
-            "notes": split_notes,
-            "files": written,
-        },
-        "rejects_file": str(rejects_path),
+        "model_check": stats.model_check,
+        "split": split_section(sm, config, written),
+        "rejects_file": str(Path(out_dir) / "rejects.jsonl"),
+        "config_file": str(Path(out_dir) / SAVED_AS),
+        "verified_from_files": acc.verified,
+        "reasons": r.described(
+            [
+                *acc.exchanges["rejected_by_reason"],
+                *acc.exchanges["deduplicated_by_reason"],
+                *rejected,
+                *acc.samples["deduplicated_by_reason"],
+            ]
+        ),
     }
     return Report(data)
 
 
-def _cluster_stats(samples: pl.DataFrame, key: str, dup: str) -> dict[str, int]:
-    dups = samples.filter(pl.col("dup") == dup)
-    clusters = (
-        samples.filter(pl.col("reason").is_null()).group_by(key).len().filter(pl.col("len") > 1)
-        if samples.height
-        else samples
+def stitching(ex: Exchanges) -> dict[str, int]:
+    stitched = ex.stitched.get_column("reason")
+    return {
+        "trajectories": ex.stitch.kept.height,
+        "prefix_exchanges": int((stitched == "prefix_of_longer_exchange").sum()),
+        "duplicate_exchanges": int((stitched == "duplicate_exchange").sum()),
+        "messages_in_all_exchanges": ex.messages_seen,
+        "messages_in_trajectory_heads": ex.head_messages,
+        "prefix_messages_removed": ex.messages_seen - ex.head_messages,
+        "sessions": int(ex.stitched.get_column("session_id").drop_nulls().n_unique()),
+    }
+
+
+def text_calls(sm: Samples, per_batch: pl.DataFrame) -> dict[str, Any]:
+    by_format: dict[str, dict[str, int]] = {}
+    totals = (
+        per_batch.group_by("tt_format", "tt_status").agg(pl.col("len").sum()).sort("tt_format", "tt_status")
     )
-    return {"dropped": dups.height, "clusters_with_duplicates": clusters.height}
+    for fmt, status, count in totals.iter_rows():
+        by_format.setdefault(fmt, {})[status] = int(count)
+    status = pl.col("tt_status")
+    return {
+        "messages_by_format": by_format,
+        "samples_converted": sm.table.filter(status == "converted").height,
+        "samples_converted_kept": sm.split.filter(status == "converted").height,
+        "samples_rejected": sm.table.filter(~status.is_in(["converted", "not_a_call"])).height,
+        "json_answers_left_alone": sm.table.filter(status == "not_a_call").height,
+    }
 
 
-def _duplicate_examples(samples: pl.DataFrame, loc: pl.DataFrame, limit: int) -> list[dict[str, Any]]:
-    if not limit or samples.height == 0:
-        return []
-    dups = samples.filter(pl.col("dup").is_not_null())
-    if dups.height == 0:
-        return []
+def cluster_stats(sm: Samples, key: str, reason: str) -> dict[str, int]:
+    clusters = sm.turns.kept.group_by(key).len().filter(pl.col("len") > 1)
+    return {
+        "dropped": sm.dedupe.removed.filter(pl.col("reason") == reason).height,
+        "clusters_with_duplicates": clusters.height,
+    }
+
+
+def duplicate_examples(sm: Samples, where: pl.DataFrame, limit: int) -> list[dict[str, Any]]:
+    """The largest duplicate clusters: which sample was kept, its intent and target, where the others were."""
+    located = (
+        sm.table.lazy()
+        .join(where.lazy().select("x", "where"), on="x", how="left")
+        .select("sid", "intent", "target", where=pl.format("{} turn {}", "where", "pos"))
+    )
     clusters = (
-        dups.group_by("dup", "dup_of")
-        .agg(n=pl.len(), members=pl.col("sid").head(3))
-        .sort("n", "dup_of", descending=[True, False])
+        sm.dedupe.removed.lazy()
+        .sort("sid")
+        .group_by("reason", "dup_of")
+        .agg(duplicates=pl.len(), members=pl.col("sid").head(3))
+        .sort(["duplicates", "dup_of"], descending=[True, False])
         .head(limit)
     )
-    kept_rows = (
-        samples.select("sid", "x", "pos", "intent", "target")
-        .join(loc, on="x", how="left")
-        .with_columns(where=pl.format("{} turn {}", "where", "pos"))
+    members = (
+        clusters.select("dup_of", sid="members")
+        .explode("sid")
+        .join(located.select("sid", "where"), on="sid")
+        .sort("sid")
+        .group_by("dup_of")
+        .agg(duplicates_from=pl.col("where"))
     )
-    out = []
-    for kind, dup_of, n, members in clusters.iter_rows():
-        row = kept_rows.filter(pl.col("sid") == dup_of).row(0, named=True)
-        member_where = kept_rows.filter(pl.col("sid").is_in(members)).get_column("where").to_list()
-        out.append(
-            {
-                "kind": kind,
-                "duplicates": int(n),
-                "kept": row["where"],
-                "intent": row["intent"],
-                "target": row["target"],
-                "duplicates_from": member_where,
-            }
-        )
-    return out
+    return (
+        clusters.join(located.rename({"sid": "dup_of", "where": "kept"}), on="dup_of", how="left")
+        .join(members, on="dup_of", how="left")
+        .sort(["duplicates", "dup_of"], descending=[True, False])
+        .select(pl.col("reason").alias("kind"), "duplicates", "kept", "intent", "target", "duplicates_from")
+        .collect()
+        .to_dicts()
+    )
+
+
+def split_section(sm: Samples, config: Config, written: dict[str, str]) -> dict[str, Any]:
+    split_counts = counts(sm.split, "split")
+    return {
+        **{k: split_counts.get(k, 0) for k in ("train", "valid", "test")},
+        "components": int(sm.split.get_column("component").n_unique()) if sm.split.height else 0,
+        "grouped_by": ["task (first user message + tool set)", "session (or trajectory head)"]
+        + ["exact or near-duplicate cluster (duplicates included)"]
+        + (["intent"] if config.split_by_intent else []),
+        "order": "stable hash (blake2b) of each group's task and the seed",
+        "notes": sm.notes,
+        "files": written,
+    }

@@ -3,7 +3,7 @@
 Training on such text teaches a model to *talk about* calling tools: the server's parser never sees a call
 and the agent never runs one (the failure that made a whole training effort show 0% gain). Curate finds
 them with the regexes below (Polars, vectorised) and converts the ones that parse unambiguously against the
-request's tools with `parse_text_calls` (Python, only on the flagged messages).
+request's tools with `parse_text_calls` (Python, only on the flagged messages): stage 5, `convert_text_calls`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import polars as pl
+
 from core.toolcalls import LEAKED_MARKUP
+from curate.read import dumps
 
 # Detection, one regex per format (Rust syntax, for Polars). Order matters: the first match names the format.
 DETECT: dict[str, str] = {
@@ -206,3 +209,79 @@ def parse_text_calls(content: str, tools: dict[str, dict[str, Any]], fmt: str | 
                 fmt, "bad_arguments", calls, rest, f"arguments of {name!r} are not a JSON object"
             )
     return TextCalls(fmt, "converted", calls, rest)
+
+
+# ------------------------------------------------------------------------------------ stage 5 over tables
+
+STATUS_SCHEMA = {"x": pl.Int64, "pos": pl.Int32, "tt_status": pl.String, "tt_detail": pl.String}
+
+
+def detected_format() -> pl.Expr:
+    """The text-about-tools format of an assistant message's content (first DETECT match), or null."""
+    expr = pl.when(False).then(pl.lit(None, dtype=pl.String))
+    for name, pattern in DETECT.items():
+        expr = expr.when(pl.col("content").str.contains(pattern)).then(pl.lit(name))
+    return pl.when(pl.col("role") == "assistant").then(expr)
+
+
+def _verdict(content: str, fmt: str, structured: bool, tools: dict[str, dict], policy: str) -> TextCalls:
+    if structured:
+        return TextCalls(
+            fmt, "mixed_markup", detail="tool-call markup in content next to structured tool_calls"
+        )
+    if policy == "reject":
+        return TextCalls(fmt, "rejected", detail="text_tool_calls = 'reject'")
+    return parse_text_calls(content, tools, fmt)
+
+
+def convert_text_calls(
+    messages: pl.DataFrame, calls: pl.DataFrame, tools: pl.DataFrame, policy: str
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Flag assistant messages carrying tool calls as text; convert the unambiguous ones into structured
+    calls (content keeps the surrounding prose) unless `policy` is "reject". Adds tt_format, tt_status,
+    tt_detail to messages. Python parses only the flagged messages (no expression parses these formats)."""
+    structured = calls.select("x", "pos").unique().with_columns(_structured=pl.lit(True))
+    messages = (
+        messages.lazy()
+        .with_columns(tt_format=detected_format())
+        .join(structured.lazy(), on=["x", "pos"], how="left", maintain_order="left")
+        .with_columns(pl.col("_structured").fill_null(False))
+        .collect()
+    )
+    candidates = messages.filter(pl.col("tt_format").is_not_null())
+    schemas = _tool_schemas(tools, candidates.get_column("x").unique())
+    statuses, contents, new_calls = [], [], []
+    for x, pos, content, fmt, has_calls in candidates.select(
+        "x", "pos", "content", "tt_format", "_structured"
+    ).iter_rows():
+        verdict = _verdict(content, fmt, has_calls, schemas.get(x, {}), policy)
+        statuses.append((x, pos, verdict.status, verdict.detail))
+        if verdict.status == "converted":
+            contents.append((x, pos, verdict.content))
+            new_calls += [
+                (x, pos, k, f"call_t{x}_{pos}_{k}", name, dumps(arguments), "object")
+                for k, (name, arguments) in enumerate(verdict.calls)
+            ]
+    status_table = pl.DataFrame(statuses, schema=STATUS_SCHEMA, orient="row")
+    content_table = pl.DataFrame(
+        contents, schema={"x": pl.Int64, "pos": pl.Int32, "_new_content": pl.String}, orient="row"
+    )
+    messages = (
+        messages.lazy()
+        .join(status_table.lazy(), on=["x", "pos"], how="left", maintain_order="left")
+        .join(content_table.lazy(), on=["x", "pos"], how="left", maintain_order="left")
+        .with_columns(content=pl.coalesce("_new_content", "content"))
+        .drop("_new_content", "_structured")
+        .collect()
+    )
+    if new_calls:
+        calls = pl.concat([calls, pl.DataFrame(new_calls, schema=calls.schema, orient="row")])
+    return messages, calls
+
+
+def _tool_schemas(tools: pl.DataFrame, xs: pl.Series) -> dict[int, dict[str, dict]]:
+    """{x: {tool name: parameters schema}} of the exchanges `xs` (the few with text-about-tools)."""
+    out: dict[int, dict[str, dict]] = {}
+    for x, name, parameters in tools.filter(pl.col("x").is_in(xs.implode())).iter_rows():
+        out.setdefault(x, {})[name] = json.loads(parameters)
+    return out

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from core.cli import command_parser
 from evaluate.config import EvalConfig
 
 EPILOG = """\
@@ -18,16 +19,19 @@ examples:
 
 Turn level: every sample of --data (mlx-lm chat JSONL; the last message is the assistant turn to score) is
 generated greedily, parsed with the model's own tool parser (as mlx_lm server does) and given one code:
-ok, no_call, unexpected_call, leaked_markup, unparseable, wrong_name, schema_invalid, missing_required,
-unexpected_arg, wrong_value, wrong_count. Agent level: the held-out tasks of --tasks run through the
-reference agent against `mlx_lm server` (one per side). With a baseline, each case is paired: McNemar's
-exact p and a bootstrap 95% CI of the success-rate delta.
+ok, no_call, unexpected_call, empty_answer, leaked_markup, unparseable, wrong_name, schema_invalid,
+missing_required, unexpected_arg, wrong_value, wrong_count. The headline is exact-call accuracy on the turns
+that call for a tool; abstention accuracy (a real answer where no call is due) is reported apart. Agent
+level: the held-out tasks of --tasks run through the reference agent against `mlx_lm server` (one per side);
+answers are matched as values and tool use must be evidenced. With a baseline, each case is paired:
+McNemar's exact p and a bootstrap 95% CI of the success-rate delta. Every server is checked to serve the
+model the report names (its /v1/models answer and each response's model) before it is scored.
 
 Settings can live in a TOML file (--config FILE; keys are the setting names, e.g. max_tokens = 64,
 out_dir = "reports"); flags override it. Writes OUT/NAME.json, OUT/NAME.html (standalone) and the resolved
-settings OUT/NAME.toml (`--config OUT/NAME.toml` repeats the run). Exit status: 0 ok; 1 a --fail-under gate failed
-(the candidate's turn-level exact-call accuracy < X, or with --fail-under-agent its agent task success
-rate < Y; an unmeasured metric fails); 2 bad input.
+settings OUT/NAME.toml (`--config OUT/NAME.toml` repeats the run). Exit status: 0 ok; 1 a --fail-under
+gate failed (the candidate's exact-call accuracy on call turns < X, or with --fail-under-agent its agent
+task success rate < Y; an unmeasured metric fails); 2 bad input or a server not serving the named model.
 """
 
 
@@ -35,12 +39,11 @@ D = EvalConfig()  # the defaults, shown in --help; flags default to None so a --
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m evaluate",
-        description="Evaluate a model (and adapter) on held-out tool-call turns and agent tasks, "
+    parser = command_parser(
+        "python -m evaluate",
+        "Evaluate a model (and adapter) on held-out tool-call turns and agent tasks, "
         "compare it with its base model, and write a JSON + HTML report.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        EPILOG,
     )
     parser.add_argument("--config", type=Path, help="TOML file of settings (flags override it)")
     what = parser.add_argument_group("what to evaluate")
@@ -59,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     what.add_argument(
         "--server", help="OpenAI-compatible base URL (…/v1) to evaluate instead of a local model"
+    )
+    what.add_argument(
+        "--baseline-adapter",
+        type=Path,
+        help="compare against this adapter of the same model (e.g. the one in use) instead of the base",
     )
     what.add_argument("--baseline-server", help="base URL of the baseline's endpoint, with --server")
     what.add_argument(
@@ -137,12 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load(EvalConfig, args.config, overrides=flag_overrides(args, EvalConfig))
-        if args.general is None:
+        if config.general is None:
             report = run(config)
         else:
             from evaluate.general import run_general
 
-            report = run_general(config, args.general or None)
+            report = run_general(config, config.general or None)
     except (ConfigError, EvalError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,8 +1,9 @@
 """Agent level: the suite's held-out tasks run by the reference agent against every side (`agent.episodes`).
 
-    agent = evaluate_agent_level(config, plan)   # {"suite", "n_tasks", "baseline", "candidate", "comparison"}
+    agent = evaluate_agent_level(config, plan, identities)  # suite, n_tasks, baseline, candidate, comparison
 
-A local side is served by a fresh `mlx_lm server` (through the recording proxy with `via_proxy`).
+A local side is served by a fresh `mlx_lm server` (through the recording proxy with `via_proxy`), started on
+the model's resolved local path and checked to serve it before any task runs.
 """
 
 from __future__ import annotations
@@ -11,43 +12,54 @@ from pathlib import Path
 from typing import Any
 
 from evaluate.config import EvalConfig, EvalError, Plan, Side
+from evaluate.served import DEFAULT_ALIAS, check_episode_models, verify_server
 
 
 def side_episodes(
-    config: EvalConfig, tasks: list, side: Side, traces: Path
+    config: EvalConfig, tasks: list, side: Side, identity: dict, traces: Path
 ) -> tuple[list[dict], dict | None]:
     """Run the tasks through the real agent against the side's server, or a fresh `mlx_lm server` (through
-    the recording proxy into `traces` with `via_proxy`). Returns the episodes and, through the proxy,
-    {"trace_file", "summary"}."""
+    the recording proxy into `traces` with `via_proxy`), checking which model serves them (`evaluate.served`:
+    a started server is verified and recorded in `identity["agent_server"]`). Returns the episodes and,
+    through the proxy, {"trace_file", "summary"}."""
     from agent.episodes import run_episodes
 
     options = {"max_steps": config.agent_max_steps, "timeout": config.agent_timeout}
     description = f"agent · {side.label}"
     if side.server:
         episodes = run_episodes(tasks, side.server, config.server_model, description=description, **options)
-        return [e.to_dict() for e in episodes], None
+        return checked(episodes, identity, side.server), None
     from core.process import MlxServer
 
-    with MlxServer(side.model, adapter_path=side.adapter, max_tokens=config.max_tokens) as mlx_server:
+    model = identity["model_path"] or side.model
+    with MlxServer(model, adapter_path=side.adapter, max_tokens=config.max_tokens) as mlx_server:
+        started = identity["agent_server"] = verify_server(mlx_server.base_url, DEFAULT_ALIAS, side.model)
         if not config.via_proxy:
             episodes = run_episodes(
-                tasks, mlx_server.base_url, "default_model", description=description, **options
+                tasks, mlx_server.base_url, DEFAULT_ALIAS, description=description, **options
             )
-            return [e.to_dict() for e in episodes], None
-        from proxy import RecordingProxy
+            return checked(episodes, started, mlx_server.base_url), None
+        from core.process import RecordingProxy
 
         recording = RecordingProxy(mlx_server.url, traces / side.label)
         with recording:
             episodes = run_episodes(
-                tasks, recording.base_url, "default_model", description=description, **options
+                tasks, recording.base_url, DEFAULT_ALIAS, description=description, **options
             )
-    return [e.to_dict() for e in episodes], {
+    return checked(episodes, started, recording.base_url), {
         "trace_file": str(recording.trace_file),
         "summary": recording.summary,
     }
 
 
-def evaluate_agent_level(config: EvalConfig, plan: Plan) -> dict[str, Any]:
+def checked(episodes: list, verified: dict, base_url: str) -> list[dict]:
+    """The episodes as dicts, once every response is known to come from the verified model."""
+    rows = [episode.to_dict() for episode in episodes]
+    check_episode_models(rows, verified["response_models"], base_url)
+    return rows
+
+
+def evaluate_agent_level(config: EvalConfig, plan: Plan, identities: dict) -> dict[str, Any]:
     """Every side's episodes and summary, and with a baseline their paired comparison by task."""
     from agent.episodes import summarize
     from agent.tasks import load_suite
@@ -66,7 +78,7 @@ def evaluate_agent_level(config: EvalConfig, plan: Plan) -> dict[str, Any]:
         "comparison": None,
     }
     for side in plan.sides:
-        episodes, recorded = side_episodes(config, tasks, side, traces)
+        episodes, recorded = side_episodes(config, tasks, side, identities[side.role], traces)
         agent[side.role] = {"episodes": episodes, "summary": summarize(episodes), "proxy": recorded}
     if plan.baseline:
         agent["comparison"] = stats.compare_agent(

@@ -20,8 +20,9 @@ Our scorer (`core.scoring`, with BFCL's string normaliser) and BFCL's checker ag
 every kind of mistake tests/test_bfcl.py writes, except where we differ on purpose: `5.0` for an integer
 argument is right for us (an integer in JSON Schema, and to pydantic), a type error for BFCL; so is an int in
 a list of floats (BFCL accepts an int for a float at the top level only); parallel calls are paired by the best
-matching, where BFCL's greedy pass can miss one; and a malformed call block on `irrelevance` is a call for us
-(over-calling), while BFCL's decoder never sees it and counts no call.
+matching, where BFCL's greedy pass can miss one; a malformed call block on `irrelevance` is a call for us
+(over-calling), while BFCL's decoder never sees it and counts no call; and an empty answer there is
+`empty_answer` for us (silence is not an answer), no call and so right for BFCL.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ class EvalConfig(Settings):
     model: str | None = None  # default: the base model in the adapter's manifest.json
     baseline: bool | None = None  # None: on when an adapter or a baseline model is given
     baseline_model: str | None = None  # default: `model` (without the adapter)
+    baseline_adapter: Path | None = None  # compare against this adapter (e.g. the one in use) instead of the base
     data: Path = Path("data/test.jsonl")
     limit: Positive | None = None  # only the first N samples / held-out tasks
     turns: bool = True
@@ -58,6 +59,7 @@ class EvalConfig(Settings):
     agent_timeout: Annotated[float, Field(gt=0)] = 120.0
     fail_under: Rate | None = None  # gate on the candidate's exact-call accuracy on call turns
     fail_under_agent: Rate | None = None  # gate on the candidate's agent task success rate
+    general: str | None = None  # BFCL categories of the general check (evaluate.general); "" = the default
 
     def api_key(self) -> str | None:
         """The servers' API key, read from the environment when a server is evaluated (never stored)."""
@@ -70,7 +72,7 @@ class Side:
 
     role: str  # "baseline" or "candidate"
     label: str  # what tables call it: "base", "adapter" or "model"
-    model: str | None
+    model: str | None  # with a server: the model the report names and the server must serve (None: unnamed)
     adapter: Path | None
     server: str | None
 
@@ -87,7 +89,8 @@ class Plan:
 
     @property
     def labels(self) -> dict[str, str]:
-        return {"candidate": self.sides[-1].label, "baseline": "base"}
+        baseline = self.baseline
+        return {"candidate": self.sides[-1].label, "baseline": baseline.label if baseline else "base"}
 
 
 def read_manifest_model(adapter: Path) -> str:
@@ -165,8 +168,15 @@ def plan_sides(config: EvalConfig) -> Plan:
     use_baseline = config.baseline
     if use_baseline is None:
         use_baseline = (
-            config.adapter is not None or config.baseline_model is not None or bool(config.baseline_server)
+            config.adapter is not None
+            or config.baseline_model is not None
+            or config.baseline_adapter is not None
+            or bool(config.baseline_server)
         )
+    if config.baseline_adapter is not None and (config.server or config.baseline_server):
+        raise EvalError("--baseline-adapter compares two adapters of a local model: not with --server")
+    if config.baseline_adapter is not None and not (Path(config.baseline_adapter) / "adapters.safetensors").is_file():
+        raise EvalError(f"{config.baseline_adapter}: no adapters.safetensors (not an adapter directory?)")
     if use_baseline and config.server and not config.baseline_server:
         raise EvalError("--baseline with --server needs --baseline-server URL (the base model's endpoint)")
     if use_baseline and not config.server and config.adapter is None and config.baseline_model is None:
@@ -174,6 +184,8 @@ def plan_sides(config: EvalConfig) -> Plan:
     label = "adapter" if config.adapter else "model"
     sides = [Side("candidate", label, model, config.adapter, config.server)]
     if use_baseline:
-        baseline = Side("baseline", "base", config.baseline_model or model, None, config.baseline_server)
-        sides.insert(0, baseline)
+        # a baseline server is checked against --baseline-model only: the candidate's model says nothing of it
+        base_model = config.baseline_model if config.baseline_server else (config.baseline_model or model)
+        base_label = "baseline adapter" if config.baseline_adapter else "base"
+        sides.insert(0, Side("baseline", base_label, base_model, config.baseline_adapter, config.baseline_server))
     return Plan(default_name(config), model, sides)

@@ -43,7 +43,7 @@ def run_general(config, spec: str | None, *, console=None) -> dict:
     from evaluate import report as reporting
     from evaluate.config import plan_sides
     from evaluate.gate import gate
-    from evaluate.run import report_header, run
+    from evaluate.run import identify, report_header, run
 
     samples = load(spec)  # before the long run: a missing fetch fails at once
     console = console or Console(stderr=True)
@@ -52,7 +52,9 @@ def run_general(config, spec: str | None, *, console=None) -> dict:
     else:  # the sides the turn level would score
         plan = plan_sides(config.model_copy(update={"turns": True}))
         report = {**report_header(config, plan), "regressions": [], "gate": gate(config, None, None)}
-    report["general"] = general_check(config, plan, samples, spec or bfcl.DEFAULT_SPEC, console=console)
+        report["identity"] = identify(config, plan)
+    spec = spec or bfcl.DEFAULT_SPEC
+    report["general"] = general_check(config, plan, report["identity"], samples, spec, console=console)
     report["regressions"] += general_regressions(report["general"])
     json_path, html_path = reporting.write_reports(report, config.out_dir)
     toml_path = save(config, config.out_dir / f"{plan.name}.toml", header=f"python -m evaluate: {plan.name}")
@@ -60,8 +62,9 @@ def run_general(config, spec: str | None, *, console=None) -> dict:
     return report
 
 
-def general_check(config, plan, samples: list[dict], spec: str, *, console) -> dict:
-    """Generate and score `samples` for every side of `plan`; per-category rates, BFCL's own verdicts."""
+def general_check(config, plan, identities: dict, samples: list[dict], spec: str, *, console) -> dict:
+    """Generate and score `samples` for every side of `plan` (each side's verified `identities`, as
+    `evaluate.run.identify` gives them); per-category rates, BFCL's own verdicts."""
     from evaluate import stats
     from evaluate.turnlevel import progress_bar, side_results
 
@@ -71,7 +74,11 @@ def general_check(config, plan, samples: list[dict], spec: str, *, console) -> d
         with progress_bar(console) as bar:
             task = bar.add_task(f"general · {side.label}", total=len(samples))
             results[side.role] = side_results(
-                bfcl_config, samples, side, lambda done, total, b=bar, t=task: b.update(t, completed=done)
+                bfcl_config,
+                samples,
+                side,
+                identities[side.role],
+                lambda done, total, b=bar, t=task: b.update(t, completed=done),
             )
     checker = bfcl.load_checker()
     general: dict[str, Any] = {

@@ -9,9 +9,7 @@ re-rendered: `render_html(json.loads(Path("reports/x.json").read_text()))`.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -19,15 +17,27 @@ from typing import Any
 from core.scoring import CODES
 from core.turns import LOWER_IS_BETTER
 
-RATE_LABELS = {
+RATE_LABELS = {  # the headline first (what --fail-under gates), over-calling next to it (what gates refuse)
+    "exact_call_accuracy": "Exact-call accuracy",
+    "over_call_rate": "Over-calling (a call where none is right)",
     "parsed_call_rate": "Parsed-call rate",
     "name_accuracy": "Name accuracy",
     "schema_valid_rate": "Schema-valid rate",
-    "exact_call_accuracy": "Exact-call accuracy",
-    "over_call_rate": "Over-calling (a call where none is right)",
     "abstention_accuracy": "Abstention accuracy",
-    "turn_success_rate": "Turn success (all cases)",
+    "turn_success_rate": "Turn success",
 }
+# Which turns each rate is over (`core.turns`): those with a reference call, those answered without one, all.
+RATE_TURNS = {key: "call" for key in RATE_LABELS} | {
+    "over_call_rate": "answer",
+    "abstention_accuracy": "answer",
+    "turn_success_rate": "",
+}
+HEADLINE_NOTE = (
+    "The headline turn-level number is exact-call accuracy on call turns (right tool, right arguments, no "
+    "leaked markup); over-calling, next to it, is the share of the turns the reference answers without a tool "
+    "where the model called one anyway (structured or malformed; lower is better); abstention accuracy counts "
+    "real answers (no call, no markup, not empty) on those turns; turn success mixes both."
+)
 AGENT_LABELS = {
     "success_rate": "Agent task success",
     "mean_tool_calls": "Tool calls / episode",
@@ -82,7 +92,12 @@ def headline_rows(report: dict) -> list[dict]:
         candidate, baseline = turns["candidate"], turns.get("baseline")
         comparison = turns.get("comparison") or {}
         paired = comparison.get("paired", {})
+        counts = {"call": candidate["n_call_cases"], "answer": candidate["n_abstention_cases"]}
+        counts[""] = candidate["n_cases"]
         for key, label in RATE_LABELS.items():
+            kind = RATE_TURNS[key]
+            label = f"{label} ({counts[kind]} {kind + ' ' if kind else ''}turns)"
+            label += ", headline" if key == "exact_call_accuracy" else ""
             a = candidate["rates"].get(key)
             b = baseline["rates"].get(key) if baseline else None
             stat = paired.get(key)
@@ -128,93 +143,6 @@ def headline_rows(report: dict) -> list[dict]:
 
         rows += general_rows(report["general"])
     return rows
-
-
-# ---------------------------------------------------------------------------------------------- plots
-
-
-def _png(figure) -> str:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _bars(title: str, labels: list[str], series: dict[str, list[float]], ylabel: str, percent: bool) -> str:
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(max(6.0, 0.9 * len(labels) + 2), 3.6))
-    axes = figure.subplots()
-    width = 0.8 / max(1, len(series))
-    colors = {"base": "#9aa5b1", "adapter": "#2f6fdf", "model": "#2f6fdf"}
-    for k, (name, values) in enumerate(series.items()):
-        positions = [i + (k - (len(series) - 1) / 2) * width for i in range(len(labels))]
-        scaled = [(v or 0) * (100 if percent else 1) for v in values]
-        bars = axes.bar(positions, scaled, width, label=name, color=colors.get(name))
-        for bar, value in zip(bars, values, strict=True):
-            text = "—" if value is None else (f"{value * 100:.0f}" if percent else f"{value:g}")
-            axes.annotate(
-                text,
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                ha="center",
-                va="bottom",
-                fontsize=7,
-            )
-    axes.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
-    axes.set_ylabel(ylabel)
-    if percent:
-        axes.set_ylim(0, 105)
-    axes.set_title(title)
-    axes.legend(fontsize=8)
-    axes.grid(axis="y", alpha=0.3)
-    return _png(figure)
-
-
-def plots(report: dict) -> list[tuple[str, str]]:
-    """(caption, base64 PNG) for each plot of the report."""
-    images = []
-    names = report.get("labels", {})
-    cand, base = names.get("candidate", "adapter"), names.get("baseline", "base")
-    turns = report.get("turns")
-    if turns:
-        keys = list(RATE_LABELS)
-        series = {}
-        if turns.get("baseline"):
-            series[base] = [turns["baseline"]["rates"].get(k) for k in keys]
-        series[cand] = [turns["candidate"]["rates"].get(k) for k in keys]
-        images.append(
-            ("Turn-level rates", _bars("Turn-level rates", [RATE_LABELS[k] for k in keys], series, "%", True))
-        )
-        codes = [c for c in CODES if c != "ok"]
-        series = {}
-        if turns.get("baseline"):
-            series[base] = [turns["baseline"]["codes"].get(c, 0) for c in codes]
-        series[cand] = [turns["candidate"]["codes"].get(c, 0) for c in codes]
-        images.append(("Error codes", _bars("Error codes (cases)", codes, series, "cases", False)))
-    agent = report.get("agent")
-    if agent:
-        keys = ["success_rate"]
-        series = {}
-        if agent.get("baseline"):
-            series[base] = [agent["baseline"]["summary"].get(k) for k in keys]
-        series[cand] = [agent["candidate"]["summary"].get(k) for k in keys]
-        images.append(
-            ("Agent task success", _bars("Agent task success", ["task success"], series, "%", True))
-        )
-        keys = ["mean_tool_calls", "mean_invalid_calls", "mean_retries", "mean_steps"]
-        series = {}
-        if agent.get("baseline"):
-            series[base] = [agent["baseline"]["summary"].get(k) for k in keys]
-        series[cand] = [agent["candidate"]["summary"].get(k) for k in keys]
-        images.append(
-            (
-                "Agent behaviour",
-                _bars("Agent behaviour per episode", [AGENT_LABELS[k] for k in keys], series, "mean", False),
-            )
-        )
-    return images
 
 
 # ---------------------------------------------------------------------------------------------- HTML
@@ -316,6 +244,17 @@ def _case_rows(report: dict) -> str:
     )
 
 
+def identity_lines(report: dict) -> list[tuple[str, str]]:
+    """(side, what it was: model path, weight and adapter hashes, the model the server was verified to serve)."""
+    names = report.get("labels", {})
+    lines = []
+    for role, ident in (report.get("identity") or {}).items():
+        keys = ("model_path", "weights_sha256", "adapter_sha256", "served_model")
+        facts = "; ".join(f"{k} {ident[k]}" for k in keys if ident.get(k))
+        lines.append((f"{names.get(role, role)} identity", facts or "unknown"))
+    return lines
+
+
 def render_html(report: dict) -> str:
     names = report.get("labels", {})
     cand, base = names.get("candidate", "adapter"), names.get("baseline", "base")
@@ -329,6 +268,8 @@ def render_html(report: dict) -> str:
     for key in ("created", "model", "adapter", "baseline_model", "server", "data", "tasks"):
         if report.get(key) is not None:
             out.append(f"<tr><td>{_e(key)}</td><td><code>{_e(report[key])}</code></td></tr>")
+    for role, facts in identity_lines(report):
+        out.append(f"<tr><td>{_e(role)}</td><td><code>{_e(facts)}</code></td></tr>")
     out.append("</table>")
 
     gate = report.get("gate")
@@ -371,8 +312,10 @@ def render_html(report: dict) -> str:
         out.append(
             f"<p>{summary['n_cases']} held-out turns ({summary['n_call_cases']} with a reference call, "
             f"{summary['n_abstention_cases']} answered without a tool); "
-            f"generation: <code>{_e(_json(summary.get('settings', {})))}</code>.</p>"
+            f"generation: <code>{_e(_json(summary.get('settings', {})))}</code>.</p><p>{_e(HEADLINE_NOTE)}</p>"
         )
+
+    from evaluate.plots import plots
 
     images = plots(report)
     if images:
@@ -483,6 +426,10 @@ def print_summary(report: dict, console=None) -> None:
         table.add_row(*cells)
     console.print(table)
     turns = report.get("turns")
+    if turns:
+        console.print(HEADLINE_NOTE)
+    for role, facts in identity_lines(report):
+        console.print(f"{role}: {facts}")
     if turns:
         codes = turns["candidate"]["codes"]
         console.print(

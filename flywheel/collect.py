@@ -6,7 +6,6 @@ from __future__ import annotations
 from contextlib import ExitStack
 from pathlib import Path
 
-import httpx
 from rich.console import Console
 
 SCRIPTED_TEACHER = "scripted demonstrator"
@@ -22,21 +21,33 @@ def upstream_root(base_url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
-def teacher_model_name(base_url: str, api_key: str) -> str:
-    response = httpx.get(f"{base_url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"})
-    response.raise_for_status()
-    models = response.json().get("data") or []
-    if not models:
-        raise CollectError(f"{base_url}/models lists no model: pass --teacher-model")
-    return models[0]["id"]
+def teacher_model_name(base_url: str, api_key: str, requested: str | None) -> str:
+    """The model to ask the teacher for, checked against what it lists: `requested` must be listed; without it,
+    the only listed model, or the one local model path of an `mlx_lm server` (which lists cached hub models
+    first). Anything else is refused: collecting from a model nobody chose is the trap of `/v1/models[0]`."""
+    from evaluate.served import DEFAULT_ALIAS, listed_models, served_model
+
+    listed = listed_models(base_url, api_key)
+    if requested is not None:
+        if listed and requested not in listed and requested != DEFAULT_ALIAS:
+            raise CollectError(f"{base_url} lists no model {requested!r} (it lists {', '.join(listed[:6])})")
+        return requested
+    if len(listed) == 1:
+        return listed[0]
+    try:
+        served_model(base_url, DEFAULT_ALIAS, listed)
+    except ValueError as error:
+        raise CollectError(f"{error}; name the teacher with --teacher-model") from None
+    return DEFAULT_ALIAS
 
 
 def collect(config, suite, traces_dir: Path, console: Console) -> dict:
     """Run the reference agent on the suite's train tasks against the teacher, through the recording proxy."""
     from agent.episodes import run_episodes
     from agent.teacher import Teacher
+    from core.outcomes import append_outcomes, outcome_record
+    from core.process import RecordingProxy
     from core.trace import read_records
-    from proxy import RecordingProxy
 
     tasks = [task for task in suite.train for _ in range(config.episodes_per_task)]
     with ExitStack() as stack:
@@ -45,7 +56,7 @@ def collect(config, suite, traces_dir: Path, console: Console) -> dict:
             upstream, model_name, label = teacher.url, teacher.model_name, SCRIPTED_TEACHER
         else:
             upstream = upstream_root(config.teacher)
-            model_name = config.teacher_model or teacher_model_name(config.teacher, config.teacher_api_key())
+            model_name = teacher_model_name(config.teacher, config.teacher_api_key(), config.teacher_model)
             teacher, label = None, f"{model_name} at {config.teacher}"
         console.print(f"  teacher: [bold]{label}[/]")
         proxy = stack.enter_context(RecordingProxy(upstream, traces_dir))
@@ -58,6 +69,14 @@ def collect(config, suite, traces_dir: Path, console: Console) -> dict:
             api_key=config.teacher_api_key(),
         )
     summary = proxy.summary or {}
+    # each episode's outcome is its task's own end-state check: curate's --require-outcome reads it
+    append_outcomes(
+        traces_dir,
+        [
+            outcome_record(e.session_id, "success" if e.success else "failure", "check", task_id=e.task_id)
+            for e in episodes
+        ],
+    )
     records = list(read_records([traces_dir]))
     agent_requests = sum(e.steps for e in episodes)
     collection = {

@@ -6,6 +6,6 @@ Library: `RecordingProxy(upstream, traces_dir)` runs that CLI as a child process
 """
 
 import core  # noqa: F401  (binds the fast BLAS before anything imports mlx)
-from proxy.process import RecordingProxy
+from core.process import RecordingProxy
 
 __all__ = ["RecordingProxy"]

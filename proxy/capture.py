@@ -51,6 +51,9 @@ class Exchange:
     failure: str | None = None  # one of the constants above
     failure_message: str = ""
     closed: bool = False  # handed to the recorder; the loop no longer touches it
+    policy: dict | None = (
+        None  # what the proxy was told answers (--policy, flywheel serve); see record_policy
+    )
 
     def tee(self, data: bytes) -> bytes:
         """mitmproxy's `response.stream` callable: keep a reference to each chunk, forward it unchanged."""
@@ -96,6 +99,14 @@ def _decode(raw: bytes, encoding: str) -> bytes:
     return raw
 
 
+def raw_body(exchange: Exchange) -> str:
+    """The response body as text: a stream's chunks joined and decompressed (mitmproxy decoded a buffered
+    body already)."""
+    if exchange.streamed:
+        return _decode(b"".join(exchange.chunks), exchange.content_encoding).decode("utf-8", "replace")
+    return exchange.body.decode("utf-8", "replace") if exchange.body is not None else ""
+
+
 def build_record(exchange: Exchange, run_id: str | None = None) -> dict[str, Any]:
     """The trace record for `exchange` (schema trace-record.v1), secrets redacted."""
     flags: list[str] = []
@@ -117,11 +128,7 @@ def build_record(exchange: Exchange, run_id: str | None = None) -> dict[str, Any
         error = {"type": "bad_request", "message": request_problem}
     stream = bool(request.get("stream")) if request else False
 
-    raw_text = ""
-    if exchange.streamed:
-        raw_text = _decode(b"".join(exchange.chunks), exchange.content_encoding).decode("utf-8", "replace")
-    elif exchange.body is not None:
-        raw_text = exchange.body.decode("utf-8", "replace")
+    raw_text = raw_body(exchange)
 
     response = None
     complete = exchange.finished
@@ -209,8 +216,17 @@ def build_record(exchange: Exchange, run_id: str | None = None) -> dict[str, Any
     )
     if run_id is not None:
         fields["run_id"] = run_id
+    fields["policy"] = record_policy(exchange.policy, response)
     fields["redactions"] = dict(counts)
     return new_record(**fields)
+
+
+def record_policy(policy: dict | None, response: Any) -> dict | None:
+    """Which policy answered: what the proxy was told, plus the model the upstream named in its response."""
+    served = response.get("model") if isinstance(response, dict) else None
+    if not policy and not served:
+        return None
+    return {**(policy or {}), "served_model": served if isinstance(served, str) else None}
 
 
 def checked_record(exchange: Exchange, run_id: str | None = None) -> dict[str, Any]:
@@ -231,11 +247,7 @@ def checked_record(exchange: Exchange, run_id: str | None = None) -> dict[str, A
     if "response" in dropped:
         record["usage"] = record["finish_reason"] = None
         if record["raw_response"] is None:
-            record["raw_response"] = redact_text(
-                exchange.body.decode("utf-8", "replace")[:RAW_LIMIT]
-                if exchange.body is not None
-                else b"".join(exchange.chunks).decode("utf-8", "replace")[:RAW_LIMIT]
-            )
+            record["raw_response"] = redact_text(raw_body(exchange)[:RAW_LIMIT])
     record["error"] = {
         "type": "recording_error",
         "message": f"dropped {', '.join(dropped) or 'nothing'}: does not follow the trace schema: {errors[0]}",

@@ -27,92 +27,55 @@ import threading
 from collections import Counter, OrderedDict
 from typing import Any
 
-# (kind, gate, pattern, replacement): the regex runs only when one of the gate strings occurs.
+
+def _rule(kind: str, gate: tuple[str, ...], pattern: str, *, keep_prefix: bool = False, flags: int = 0):
+    """(kind, gate, pattern, replacement): the regex runs only when one of the gate strings occurs; the match
+    becomes [REDACTED:kind], after its first group (`Bearer `, `://user:`) when `keep_prefix`."""
+    replacement = (r"\g<1>" if keep_prefix else "") + f"[REDACTED:{kind}]"
+    return kind, gate, re.compile(pattern, flags), replacement
+
+
 # Specific formats come first, so a key inside an assignment is counted by its format.
 _RULES: list[tuple[str, tuple[str, ...], re.Pattern[str], str]] = [
-    (
+    _rule(
         "private_key",
         ("PRIVATE KEY",),
-        re.compile(
-            r"-----BEGIN[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----.*?"
-            r"(?:-----END[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----|\Z)",
-            re.S,
-        ),
-        "[REDACTED:private_key]",
+        r"-----BEGIN[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----.*?"
+        r"(?:-----END[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----|\Z)",
+        flags=re.S,
     ),
-    (
-        "anthropic_api_key",
-        ("sk-ant-",),
-        re.compile(r"sk-ant-(?<![A-Za-z0-9_-]sk-ant-)[A-Za-z0-9_-]{20,}"),
-        "[REDACTED:anthropic_api_key]",
-    ),
-    (
-        "openai_api_key",
-        ("sk-",),
-        # sk-, sk-proj-, sk-svcacct-...: 20+ key characters including a digit (not "sk-learn-...")
-        re.compile(r"sk-(?<![A-Za-z0-9_-]sk-)(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9_-]{20,}"),
-        "[REDACTED:openai_api_key]",
-    ),
-    (
-        "stripe_key",
-        ("k_live_", "k_test_"),
-        re.compile(r"(?<![A-Za-z0-9_])[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"),
-        "[REDACTED:stripe_key]",
-    ),
-    (
-        "github_token",
-        ("gh",),
-        re.compile(r"gh(?<![A-Za-z0-9_]gh)[pousr]_[A-Za-z0-9]{36,}"),
-        "[REDACTED:github_token]",
-    ),
-    (
-        "github_token",
-        ("github_pat_",),
-        re.compile(r"github_pat_(?<![A-Za-z0-9_]github_pat_)[A-Za-z0-9_]{22,}"),
-        "[REDACTED:github_token]",
-    ),
-    (
+    _rule("anthropic_api_key", ("sk-ant-",), r"sk-ant-(?<![A-Za-z0-9_-]sk-ant-)[A-Za-z0-9_-]{20,}"),
+    # sk-, sk-proj-, sk-svcacct-...: 20+ key characters including a digit (not "sk-learn-...")
+    _rule("openai_api_key", ("sk-",), r"sk-(?<![A-Za-z0-9_-]sk-)(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9_-]{20,}"),
+    _rule("stripe_key", ("k_live_", "k_test_"), r"(?<![A-Za-z0-9_])[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"),
+    _rule("github_token", ("gh",), r"gh(?<![A-Za-z0-9_]gh)[pousr]_[A-Za-z0-9]{36,}"),
+    _rule("github_token", ("github_pat_",), r"github_pat_(?<![A-Za-z0-9_]github_pat_)[A-Za-z0-9_]{22,}"),
+    _rule(
         "aws_access_key_id",
         ("AKIA", "ASIA"),
-        re.compile(r"(?:AKIA|ASIA)(?<![A-Z0-9]AKIA)(?<![A-Z0-9]ASIA)[A-Z0-9]{16}(?![A-Z0-9])"),
-        "[REDACTED:aws_access_key_id]",
+        r"(?:AKIA|ASIA)(?<![A-Z0-9]AKIA)(?<![A-Z0-9]ASIA)[A-Z0-9]{16}(?![A-Z0-9])",
     ),
-    (
-        "slack_token",
-        ("xox",),
-        re.compile(r"xox(?<![A-Za-z0-9]xox)[abposr]-[A-Za-z0-9-]{10,}"),
-        "[REDACTED:slack_token]",
-    ),
-    (
-        "google_api_key",
-        ("AIza",),
-        re.compile(r"AIza(?<![A-Za-z0-9_-]AIza)[0-9A-Za-z_-]{35}"),
-        "[REDACTED:google_api_key]",
-    ),
-    (
+    _rule("slack_token", ("xox",), r"xox(?<![A-Za-z0-9]xox)[abposr]-[A-Za-z0-9-]{10,}"),
+    _rule("google_api_key", ("AIza",), r"AIza(?<![A-Za-z0-9_-]AIza)[0-9A-Za-z_-]{35}"),
+    _rule(
         "jwt",
         ("eyJ",),
-        re.compile(r"eyJ(?<![A-Za-z0-9_-]eyJ)[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}"),
-        "[REDACTED:jwt]",
+        r"eyJ(?<![A-Za-z0-9_-]eyJ)[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}",
     ),
-    (
+    _rule(
         "bearer_token",
         ("earer", "EARER"),
-        re.compile(r"(?i)(?<![A-Za-z])(bearer\s+)[A-Za-z0-9._~+/-]{16,}=*"),
-        r"\g<1>[REDACTED:bearer_token]",
+        r"(?i)(?<![A-Za-z])(bearer\s+)[A-Za-z0-9._~+/-]{16,}=*",
+        keep_prefix=True,
     ),
-    (
+    _rule(
         "basic_auth",
         ("uthorization", "UTHORIZATION"),
-        re.compile(r"(?i)(authorization\\?[\"']?\s*[:=]\s*\\?[\"']?basic\s+)[A-Za-z0-9+/]{8,}=*"),
-        r"\g<1>[REDACTED:basic_auth]",
+        r"(?i)(authorization\\?[\"']?\s*[:=]\s*\\?[\"']?basic\s+)[A-Za-z0-9+/]{8,}=*",
+        keep_prefix=True,
     ),
-    (
-        "url_password",
-        ("://",),
-        re.compile(r"(://[^\s:/@\"'<>\\\[\]]+:)[^\s/@\"'<>\\]+(?=@)"),  # user part: not a [REDACTED:..]
-        r"\g<1>[REDACTED:url_password]",
-    ),
+    # the user part: not a [REDACTED:..]
+    _rule("url_password", ("://",), r"(://[^\s:/@\"'<>\\\[\]]+:)[^\s/@\"'<>\\]+(?=@)", keep_prefix=True),
 ]
 
 # Secret-ish names: words containing one of these roots in the lower-cased text and followed by what can

@@ -2,6 +2,14 @@
 
 Only the mitmproxy addons a plain reverse proxy needs are loaded (core, proxyserver, next_layer,
 errorcheck; tlsconfig for an https upstream): every hook of every loaded addon runs on every flow.
+
+Stopping: the first SIGINT (a terminal's Ctrl-C), SIGTERM or SIGHUP (a closed terminal) stops taking
+traffic (the listening socket closes; a chat request on an open connection is refused: the connection is
+closed, nothing is forwarded), lets the exchanges in flight finish for up to GRACE_SECONDS, records those
+still unfinished as incomplete, and waits until the recorder has written every exchange
+(recorder.DRAIN_SECONDS at most); later SIGTERMs and SIGHUPs are ignored (a wrapper's stop
+may follow the terminal's Ctrl-C). A second SIGINT stops waiting: what is not written yet is abandoned,
+counted and listed in the side file of losses.
 """
 
 from __future__ import annotations
@@ -9,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from core.trace import run_file_name
+from core.process import PROXY_GRACE_SECONDS
+from core.trace import loss_file_for, run_file_name
 
 log = logging.getLogger("proxy")
 
@@ -57,9 +67,14 @@ class _Ready:
 
     def __init__(self, callback: Callable[[str, int], None] | None):
         self.callback = callback
+        self.stop_requested = False  # a stop signal came before mitmproxy ran
 
     def running(self) -> None:
         from mitmproxy import ctx
+
+        if self.stop_requested:
+            ctx.master.shutdown()
+            return
 
         addresses = ctx.master.addons.get("proxyserver").listen_addrs()
         if not addresses:
@@ -80,6 +95,7 @@ async def serve(
     trace_file: Path | str | None = None,
     on_ready: Callable[[str, int, Path], None] | None = None,
     handle_signals: bool = True,
+    policy: dict | None = None,
 ):
     """Run the recording reverse proxy until SIGINT/SIGTERM (or `master.shutdown()`); returns its Stats.
 
@@ -87,10 +103,13 @@ async def serve(
     """
     upstream = parse_upstream(upstream)
     trace_path = Path(trace_file) if trace_file is not None else Path(traces_dir) / run_file_name()
+    # beside the trace file; in the traces directory when the trace file is a device such as /dev/full
+    special = trace_path.exists() and not trace_path.is_file()
+    losses = loss_file_for(trace_path, traces_dir if special else None)
 
     from proxy.addon import Recorder
 
-    recorder = Recorder(upstream, trace_path)  # starts the recorder process while mitmproxy imports
+    recorder = Recorder(upstream, trace_path, loss_file=losses, policy=policy)  # starts the recorder while mitmproxy imports
 
     from mitmproxy import options
     from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
@@ -110,21 +129,13 @@ async def serve(
         # 502 instead of a closed connection
         connection_strategy="lazy",
     )
+    if handle_signals:
+        install_stop_signals(master, ready, recorder)
     try:
         recorder.records.wait_ready()
     except OSError:
         recorder.records.close(timeout=5)
         raise
-
-    loop = asyncio.get_running_loop()
-    if handle_signals:
-
-        def stop(signum: int) -> None:
-            loop.remove_signal_handler(signum)  # a second Ctrl-C interrupts for real
-            master.shutdown()
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop, signum)
     try:
         await master.run()
     except SystemExit:  # errorcheck: the listening socket could not be opened (message already printed)
@@ -133,13 +144,65 @@ async def serve(
             trace_path.unlink()
         raise
     finally:
-        loop.set_exception_handler(_quiet_cancellations)
+        asyncio.get_running_loop().set_exception_handler(_quiet_cancellations)
     return recorder.stats
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+GRACE_SECONDS = PROXY_GRACE_SECONDS
+
+
+def install_stop_signals(master, ready: _Ready, recorder) -> None:
+    """The first stop signal drains (see the module doc); after it, the event loop may be busy writing the
+    last records, so the handlers that follow are plain ones, which Python runs in the main thread."""
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task] = []  # a reference, so the task is not collected
+
+    def first(signum: int) -> None:
+        name = signal.Signals(signum).name
+        log.warning(
+            "%s: stopping; %d exchanges in flight get %.0fs to finish, then every exchange is written. "
+            "Ctrl-C again to abandon what is not written yet.",
+            name,
+            len(recorder.in_flight),
+            GRACE_SECONDS,
+        )
+        for other in STOP_SIGNALS:
+            loop.remove_signal_handler(other)
+        signal.signal(signal.SIGINT, second)
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        signal.signal(signal.SIGHUP, lambda *_: None)
+        ready.stop_requested = recorder.stopping = True
+        stopping.append(loop.create_task(stop_listening_then_shut_down(master, recorder)))
+
+    def second(signum, frame) -> None:
+        log.warning("SIGINT again: abandoning the exchanges not written yet")
+        recorder.records.abandon.set()
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, first, signum)
+
+
+async def stop_listening_then_shut_down(master, recorder) -> None:
+    """Close the listening sockets first (new connections are refused, not half-served), give the
+    exchanges in flight GRACE_SECONDS to finish (a second Ctrl-C cuts it short), then stop."""
+    try:
+        await master.addons.get("proxyserver").servers.update([])
+        deadline = time.monotonic() + GRACE_SECONDS
+        while recorder.in_flight and time.monotonic() < deadline and not recorder.records.abandon.is_set():
+            await asyncio.sleep(0.02)
+    except Exception:
+        log.exception("proxy: closing the listening socket failed; stopping anyway")
+    finally:
+        master.shutdown()
 
 
 def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict) -> None:
     """After the proxy stopped, asyncio cancels the handlers of connections still open (an agent's idle
-    keep-alive pool); mitmproxy's stream callbacks then report each CancelledError as an error."""
+    keep-alive pool) and drops those accepted while it was stopping; mitmproxy's stream callbacks then
+    report each CancelledError, and asyncio each dropped task, as an error. Neither loses an exchange."""
     if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    if str(context.get("message", "")).startswith("Task was destroyed but it is pending"):
         return
     loop.default_exception_handler(context)

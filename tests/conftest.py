@@ -1,8 +1,11 @@
-"""Session fixtures shared by every test: the tiny models (built once, cached) and a served tool model."""
+"""Fixtures shared by every test: the tiny models (built once, cached), a served tool model, the task suite."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,37 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Child processes (mlx_lm server, proxy, CLIs) would otherwise recompile every import each time (~4 s each).
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind(tmp_path_factory):
+    """The suite leaves no file of ours in the temp directory and no server running: this process's temp
+    files go to a private directory that must be empty at the end (pytest's own tmp_path directories
+    stay where pytest keeps them), and no child serving a model or the proxy may outlive the session."""
+    tmp_path_factory.getbasetemp()
+    private = Path(tempfile.mkdtemp(prefix="flywheel-tests-"))
+    previous, tempfile.tempdir = tempfile.tempdir, str(private)
+    yield
+    tempfile.tempdir = previous
+    left = sorted(path.name for path in private.iterdir())
+    shutil.rmtree(private, ignore_errors=True)
+    assert left == [], f"the tests left these in the temp directory: {left}"
+    assert servers_still_running() == [], "servers outlived the tests"
+
+
+def servers_still_running() -> list[str]:
+    """Command lines of this process's live children that serve a model or are the proxy (Linux /proc)."""
+    found = []
+    for children in Path("/proc/self/task").glob("*/children"):
+        for pid in children.read_text().split():
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z" and ("mlx_lm server" in command or "-m proxy" in command):
+                found.append(f"{pid}: {command}")
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +62,14 @@ def tool_model():
     from models.tiny import cached_model
 
     return cached_model("tool-calling")
+
+
+@pytest.fixture(scope="module")
+def suite():
+    """The default task suite (agent/suites/default.json), loaded once per test module."""
+    from agent.tasks import load_suite
+
+    return load_suite("default")
 
 
 @pytest.fixture(scope="session")

@@ -11,15 +11,10 @@ import time
 import pytest
 
 from agent.episodes import Episode, run_episode, run_episodes
-from agent.tasks import SuiteError, Task, load_suite, run_checks
+from agent.tasks import SuiteError, Task, ToolUse, load_suite, run_checks
 from agent.teacher import Teacher
 from agent.tools import AGENT_TOOLS
 from core.trace import SESSION_HEADER
-
-
-@pytest.fixture(scope="module")
-def suite():
-    return load_suite("default")
 
 
 def first(suite, template: str, split: str = "train") -> Task:
@@ -66,9 +61,47 @@ def test_checkers_pass_and_fail_on_real_files(suite, tmp_path):
     (tmp_path / task.params["file"]).write_text(original.replace(f"{key} = {old}", f"{key} = {new}"))
     assert all(r.passed for r in run_checks(task, tmp_path, "Done."))
     read = first(suite, "read_value")
-    assert all(r.passed for r in run_checks(read, tmp_path, f"It is {read.params['value']}."))
-    both = f"{read.params['value']} or {read.params['other_value']}"
-    assert not all(r.passed for r in run_checks(read, tmp_path, both))
+    path, value = read.params["file"], read.params["value"]
+    opened = [ToolUse("read_file", {"path": path}, True, read.files[path])]
+    assert all(r.passed for r in run_checks(read, tmp_path, f"It is {value}.", opened))
+    both = f"{value} or {read.params['other_value']}"
+    assert not all(r.passed for r in run_checks(read, tmp_path, both, opened))
+    # the right value without the evidence that the file was read (text alone) fails
+    assert [r.passed for r in run_checks(read, tmp_path, f"It is {value}.")] == [True, False]
+    failed = [ToolUse("read_file", {"path": path}, False, "Error: no such file")]
+    assert not all(r.passed for r in run_checks(read, tmp_path, f"It is {value}.", failed))
+
+
+@pytest.mark.parametrize(
+    ("answer", "passes"),
+    [
+        ("{n}", True),
+        ("There are {n} lines in `{file}`.", True),
+        ("{n}0", False),  # not the number as a whole number
+        ("{n}.5", False),
+        ("1 2 3 4 5 6 7 8 9", False),  # a list of candidates contains it, and competitors
+        ("{n} or maybe {m}", False),
+        ("", False),
+    ],
+)
+def test_answers_are_matched_as_values(suite, tmp_path, answer, passes):
+    task = first(suite, "count_lines", "held_out")
+    n, path = task.params["n"], task.params["file"]
+    text = answer.format(n=n, m=int(n) + 1, file=path)
+    counted = [ToolUse("run_command", {"command": "wc", "args": ["-l", path]}, True, f"{n} {path}\n")]
+    assert all(r.passed for r in run_checks(task, tmp_path, text, counted)) is passes
+
+
+def test_words_are_matched_as_words_without_rival_files(suite, tmp_path):
+    task = first(suite, "find_definition", "held_out")
+    target, other = task.params["target"], task.params["first"]
+    shown = [ToolUse("read_file", {"path": target}, True, task.files[target])]
+    assert all(r.passed for r in run_checks(task, tmp_path, f"`{target}` defines it.", shown))
+    for answer in (f"{target}x", f"{other} or {target}", " ".join(task.files)):
+        assert not all(r.passed for r in run_checks(task, tmp_path, answer, shown)), answer
+    plain = first(suite, "say_word", "held_out")
+    assert all(r.passed for r in run_checks(plain, tmp_path, plain.params["word"]))  # no tool needed
+    assert not plain.needs_tools and task.needs_tools
 
 
 def test_bad_suite_files_name_the_field(tmp_path):
@@ -108,7 +141,9 @@ def test_requests_carry_session_header_exact_tools_and_temperature_zero(suite):
     assert episode.tool_calls == 2 and episode.calls[0] == {
         "name": "read_file",
         "arguments": {"path": task.params["file"]},
+        "ok": True,
     }
+    assert episode.models == [teacher.model_name]
 
 
 def test_streaming_episodes_succeed(suite):
@@ -138,7 +173,8 @@ def test_invalid_arguments_are_retried_and_counted(suite):
         episode = run_episode(task, teacher.base_url, teacher.model_name)
     assert episode.success
     assert episode.invalid_calls == 1 and episode.retries == 1 and episode.tool_calls == 3
-    assert episode.calls[0] == {"name": "read_file", "arguments": {"file": "?"}}
+    assert episode.calls[0] == {"name": "read_file", "arguments": {"file": "?"}, "ok": False}
+    assert [call["ok"] for call in episode.calls[1:]] == [True, True]
 
 
 def test_a_looping_model_ends_as_a_failure_at_the_step_limit(suite):

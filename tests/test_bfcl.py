@@ -39,8 +39,15 @@ def by_id(samples: list[dict], case_id: str) -> dict:
     return next(s for s in samples if s["bfcl"]["id"] == case_id)
 
 
-def ours(sample: dict, calls: list[tuple[str, object]], unparsed: tuple[str, ...] = ()) -> str:
-    turn = ParsedTurn(content="", tool_calls=[ToolCall(n, a) for n, a in calls], unparsed=list(unparsed))
+ANSWER = "None of these functions can do that."
+
+
+def ours(
+    sample: dict, calls: list[tuple[str, object]], unparsed: tuple[str, ...] = (), content: str | None = None
+) -> str:
+    """Our verdict on a model turn making `calls`; without calls the model answers in words (ANSWER)."""
+    content = ("" if calls or unparsed else ANSWER) if content is None else content
+    turn = ParsedTurn(content=content, tool_calls=[ToolCall(n, a) for n, a in calls], unparsed=list(unparsed))
     return score_turn(sample["messages"][-1], turn, sample["tools"], normalize=normalize_text).code
 
 
@@ -122,6 +129,8 @@ def test_irrelevance_is_right_without_a_call(samples, checker):
     # a malformed call block: a call for us (over-calling), no call for BFCL (its decoder never sees it)
     assert ours(sample, [], unparsed=('{"name": "x", "arguments": ',)) == "unexpected_call"
     assert theirs(checker, sample, [])
+    # an empty answer: silence is not an answer for us (abstention credits a real answer), no call for BFCL
+    assert ours(sample, [], content="  ") == "empty_answer" and theirs(checker, sample, [])
 
 
 # ---------------------------------------------------------------------------------------------- BFCL's checker

@@ -38,6 +38,17 @@ def crafted_traces(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     system = {"role": "system", "content": "You are a coding agent."}
     records = []
+
+    def exchange(session: str, messages: list[dict], reply: dict, finish_reason: str) -> dict:
+        return new_record(
+            session_id=session,
+            http_status=200,
+            complete=True,
+            request={"messages": messages, "tools": AGENT_TOOLS},
+            response={"choices": [{"message": reply}]},
+            finish_reason=finish_reason,
+        )
+
     for session, user, calls in [
         ("s1", "Read a.py and b.py.", [("read_file", {"path": "a.py"}), ("read_file", {"path": "b.py"})]),
         ("s2", 'Write {"k": 1} to c.json.', [("write_file", {"path": "c.json", "content": '{"k": 1}'})]),
@@ -48,31 +59,13 @@ def crafted_traces(directory: Path) -> Path:
         ]
         reply = {"role": "assistant", "content": None, "tool_calls": tool_calls}
         messages = [system, {"role": "user", "content": user}]
-        records.append(
-            new_record(
-                session_id=session,
-                http_status=200,
-                complete=True,
-                request={"messages": messages, "tools": AGENT_TOOLS},
-                response={"choices": [{"message": reply}]},
-                finish_reason="tool_calls",
-            )
-        )
+        records.append(exchange(session, messages, reply, "tool_calls"))
         messages = [
             *messages,
             reply,
             *({"role": "tool", "tool_call_id": c["id"], "content": "done"} for c in tool_calls),
         ]
-        records.append(
-            new_record(
-                session_id=session,
-                http_status=200,
-                complete=True,
-                request={"messages": messages, "tools": AGENT_TOOLS},
-                response={"choices": [{"message": {"role": "assistant", "content": "Finished."}}]},
-                finish_reason="stop",
-            )
-        )
+        records.append(exchange(session, messages, {"role": "assistant", "content": "Finished."}, "stop"))
     path = directory / "t.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path

@@ -51,6 +51,16 @@ def data_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def suite_teacher():
+    from agent.tasks import load_suite
+    from agent.teacher import Teacher
+
+    suite = load_suite("default")
+    with Teacher(suite) as teacher:
+        yield suite, teacher
+
+
+@pytest.fixture(scope="module")
 def full_adapter(tmp_path_factory, tiny_model, tool_model) -> Path:
     """An mlx-lm full fine-tune "adapter" of the random tiny model whose weights are the tool-calling model's
     (what `mlx_lm lora --fine-tune-type full` writes), with the manifest naming its base model."""
@@ -137,7 +147,7 @@ def test_adapter_vs_base_report(tmp_path, full_adapter, tiny_model, data_file):
     headline = re.search(r'<table id="headline">.*?</table>', dom, re.S)
     assert headline, "no headline table in the rendered page"
     rows = re.findall(r"<tr>", headline.group(0))
-    assert len(rows) == 1 + 6  # header + the six turn-level rates
+    assert len(rows) == 1 + 7  # header + the seven turn-level rates (over-calling next to the headline)
     assert "Parsed-call rate" in headline.group(0) and "McNemar p" in headline.group(0)
     assert "Gate passed" in dom
     assert dom.count('<tr><td class="num">') >= 20  # every case has its row
@@ -240,6 +250,85 @@ def test_server_path(tmp_path, tool_server, data_file, capsys, monkeypatch):
     raw = json.loads(candidate["cases"][0]["raw"])
     assert raw["message"]["role"] == "assistant"
     assert "sekrit-key" not in (tmp_path / "srv.json").read_text() + (tmp_path / "srv.html").read_text()
+
+
+def test_the_served_model_is_verified_and_recorded(tmp_path, tool_server, tool_model, data_file, capsys):
+    from evaluate.served import weights_sha256
+
+    result = main_in_process(capsys, "--server", tool_server.base_url, "--model", tool_model, "--data", data_file,
+                             "--no-agent", "--limit", "2", "--out", tmp_path, "--name", "ok")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    identity = json.loads((tmp_path / "ok.json").read_text())["identity"]["candidate"]
+    assert identity["served_model"] == identity["model_path"] == str(Path(tool_model).resolve())
+    assert identity["weights_sha256"] == weights_sha256(Path(tool_model)) and identity["adapter_sha256"] is None
+    assert identity["response_models"] == sorted({"default_model", identity["served_model"]})
+    assert "weights_sha256" in (tmp_path / "ok.html").read_text()
+
+
+def test_a_server_serving_another_model_is_refused(tmp_path, tool_server, tiny_model, data_file, capsys):
+    result = main_in_process(capsys, "--server", tool_server.base_url, "--model", tiny_model, "--data", data_file,
+                             "--no-agent", "--out", tmp_path, "--name", "wrong")  # fmt: skip
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and f"serves {Path(tool_server.model).resolve()}, not {tiny_model}" in line
+    assert not list(tmp_path.iterdir())  # refused before anything was scored or written
+
+
+def fake_hub_cache(root: Path, repo: str) -> Path:
+    """A Hugging Face cache holding one mlx-looking model (what `mlx_lm server` lists first on /v1/models)."""
+    folder = root / f"models--{repo.replace('/', '--')}"
+    snapshot = folder / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("0123abcd")
+    (folder / "blobs").mkdir()
+    for name in ("config.json", "model.safetensors.index.json", "tokenizer_config.json"):
+        (snapshot / name).write_text("{}")
+    return snapshot
+
+
+def test_cached_models_listed_first_do_not_fool_the_check(tmp_path, tool_model, data_file, capsys, monkeypatch):
+    """The trap that scored the wrong model: `/v1/models[0]` is a cached hub model, not the one served."""
+    import httpx
+
+    from core.process import MlxServer
+
+    repo = "mlx-community/Cached-Base-4bit"
+    fake_hub_cache(tmp_path / "hub", repo)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    out = tmp_path / "reports"
+    with MlxServer(tool_model, max_tokens=32) as server:
+        listed = [m["id"] for m in httpx.get(f"{server.base_url}/models").json()["data"]]
+        assert listed == [repo, str(Path(tool_model).resolve())]  # the cached model comes first
+        fooled = main_in_process(capsys, "--server", server.base_url, "--model", repo, "--data", data_file,
+                                 "--no-agent", "--out", out, "--name", "fooled")  # fmt: skip
+        served = main_in_process(capsys, "--server", server.base_url, "--data", data_file, "--limit", "2",
+                                 "--no-agent", "--out", out, "--name", "served")  # fmt: skip
+    assert fooled.returncode == 2 and f"not {repo}" in fooled.stderr
+    assert served.returncode == 0, served.stderr[-3000:]
+    report = json.loads((out / "served.json").read_text())
+    assert report["identity"]["candidate"]["served_model"] == str(Path(tool_model).resolve())
+
+
+def test_every_response_must_name_the_verified_model(suite_teacher, data_file):
+    from agent.episodes import run_episodes
+    from core.turns import ModelMismatch, evaluate_turns_server
+    from evaluate import EvalError
+    from evaluate.served import check_episode_models, verify_server
+
+    suite, teacher = suite_teacher
+    found = verify_server(teacher.base_url, teacher.model_name, None)
+    assert found["served_model"] == teacher.model_name
+    samples = [json.loads(line) for line in data_file.read_text().splitlines()[:2]]
+    with pytest.raises(ModelMismatch, match="names model 'flywheel-scripted-demonstrator'"):
+        evaluate_turns_server(teacher.base_url, samples, model_name=teacher.model_name, response_models=["other"])
+    episodes = [e.to_dict() for e in run_episodes(suite.held_out[:1], teacher.base_url, teacher.model_name,
+                                                  show_progress=False)]  # fmt: skip
+    check_episode_models(episodes, found["response_models"], teacher.base_url)
+    with pytest.raises(EvalError, match="names model"):
+        check_episode_models(episodes, ["other"], teacher.base_url)
+    with pytest.raises(EvalError, match="cannot tell which model 'default_model' is"):
+        verify_server(teacher.base_url, "default_model", None)
 
 
 @pytest.mark.slow  # ~80 s: two servers, two proxies and four episodes

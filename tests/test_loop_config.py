@@ -25,9 +25,9 @@ def flywheel(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[train]\nitters = 5\n", "[train] unknown key 'itters'"),
-        ("[train]\nlora_rank = 0\n", "[train] lora_rank: input should be greater than or equal to 1"),
-        ("[train]\nmodel = 'x'\n", "[train] cannot set ['model']"),
+        ("[train]\nitters = 5\n", "train: unknown key 'itters'"),
+        ("[train]\nlora_rank = 0\n", "train: lora_rank: input should be greater than or equal to 1"),
+        ("[train]\nmodel = 'x'\n", "train: cannot set ['model']"),
         ('seed = "1"\n', "seed: input should be a valid integer"),
         ("suite = 'demo'\nteachr = 'x'\n", "unknown key 'teachr'"),
     ],
@@ -44,7 +44,7 @@ def test_bad_settings_stop_before_any_work(tmp_path, text, message):
 
 def test_a_flag_that_breaks_the_recipe_is_refused(tmp_path):
     result = flywheel("--iters", "0", "--root", str(tmp_path))
-    assert result.returncode == 2 and "[train] iters: input should be greater than or equal to 1" in result.stderr
+    assert result.returncode == 2 and "train: iters: input should be greater than or equal to 1" in result.stderr
     assert not any(tmp_path.iterdir())
 
 
@@ -70,3 +70,23 @@ def test_the_resolved_settings_reload_the_same(tmp_path):
     assert load(LoopConfig, save(config, tmp_path / "resolved.toml")) == config
     with pytest.raises(ConfigError, match="valid integer"):
         config.replace(seed="x")
+
+
+def test_the_teacher_model_is_chosen_never_guessed():
+    """A teacher URL listing several models is refused without --teacher-model (what /v1/models[0] would pick
+    is not a choice); a named model must be listed."""
+    from agent.teacher import MODEL_NAME, Teacher
+    from flywheel.collect import CollectError, teacher_model_name
+
+    with Teacher("demo") as teacher:
+        with pytest.raises(CollectError, match="name the teacher with --teacher-model"):
+            teacher_model_name(teacher.base_url, "x", None)
+        assert teacher_model_name(teacher.base_url, "x", MODEL_NAME) == MODEL_NAME
+        with pytest.raises(CollectError, match="lists no model 'gpt-9'"):
+            teacher_model_name(teacher.base_url, "x", "gpt-9")
+
+
+def test_a_single_local_model_server_needs_no_name(tool_server):
+    from flywheel.collect import teacher_model_name
+
+    assert teacher_model_name(tool_server.base_url, "x", None) in ("default_model", str(tool_server.model))

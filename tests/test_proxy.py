@@ -26,6 +26,7 @@ import httpx
 import openai
 import pytest
 
+from bench.capture_faults import recorder_pid
 from core.net import free_port
 from core.trace import SESSION_HEADER, read_trace_lines, validation_errors
 from proxy import RecordingProxy
@@ -575,20 +576,6 @@ def test_full_disk_never_breaks_traffic(tmp_path):
     assert "could not write to /dev/full" in log and "Traceback" not in log
 
 
-def recorder_pid(proxy_pid: int) -> int:
-    """The recorder child of a proxy process (not multiprocessing's resource tracker), via /proc."""
-    children = [
-        int(c)
-        for t in Path(f"/proc/{proxy_pid}/task").iterdir()
-        for c in (t / "children").read_text().split()
-    ]
-    for child in children:
-        command = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
-        if b"multiprocessing.spawn" in command and b"resource_tracker" not in command:
-            return child
-    raise AssertionError(f"no recorder process among {children}")
-
-
 @pytest.mark.skipif(
     not Path("/proc/self/task").exists(), reason="finds the recorder process via /proc (Linux)"
 )
@@ -617,7 +604,7 @@ def test_killed_recorder_never_breaks_traffic_and_is_restarted(tmp_path):
             records = session_records(proxy.trace_file, session, 2)
             summary = proxy.stop()
     assert [r["request"]["messages"][0]["content"] for r in records] == ["before", "after"]
-    assert summary["recorded"] == 1  # counts of the killed recorder died with it; the new one wrote 1
+    assert summary["recorded"] == 2  # what the killed recorder wrote counts too
     assert "recorder process exited" in (tmp_path / "proxy.log").read_text()
 
 
@@ -776,3 +763,76 @@ def test_redaction_counts_match_markers():
     text = json.dumps(record)
     assert Counter({"aws_access_key_id": 1, "env_secret": 1}) == Counter(record["redactions"])
     assert text.count("[REDACTED:") == 2 and "hunter2" not in text
+
+
+def test_the_wrapper_waits_longer_than_the_recorder_drains():
+    """RecordingProxy.stop SIGKILLs after its timeout; the proxy may spend up to the writer's drain timeout
+    writing queued records: a shorter wrapper timeout loses the summary and the unflushed records."""
+    import inspect
+
+    from proxy.recorder import RecordWriter
+
+    drain = inspect.signature(RecordWriter.close).parameters["timeout"].default
+    assert RecordingProxy("http://127.0.0.1:9", "traces").stop_timeout > drain
+
+
+def test_an_exception_in_the_request_hook_is_a_counted_loss(tmp_path, monkeypatch):
+    """The request hook failing (here: building the exchange raises) must not drop the exchange silently:
+    it is counted, in the summary and in the side file of losses."""
+    from mitmproxy.test import tflow
+
+    import proxy.addon
+    from core.trace import loss_file_for
+
+    def broken(**fields):
+        raise MemoryError("no room for the request body")
+
+    recorder = proxy.addon.Recorder("http://127.0.0.1:9", tmp_path / "run.jsonl")
+    recorder.records.wait_ready()
+    monkeypatch.setattr(proxy.addon, "Exchange", broken)
+    flow = tflow.tflow()
+    flow.request.method, flow.request.path = "POST", "/v1/chat/completions"
+    flow.request.headers[SESSION_HEADER] = "hook-failure"
+    recorder.request(flow)
+    recorder.done()
+    assert recorder.stats.recording_failures == 1 and recorder.stats.recorded == 0
+    (loss,) = [json.loads(line) for line in loss_file_for(tmp_path / "run.jsonl").read_text().splitlines()]
+    assert loss["session_id"] == "hook-failure" and loss["reason"].startswith("request_hook_error: MemoryError")
+
+
+def test_a_compressed_stream_s_fallback_raw_body_is_stored_decompressed():
+    """A gzip-encoded stream whose reassembled response breaks the schema: the response is dropped and the
+    raw body kept instead, decompressed (readable), not as the gzip bytes that went over the wire."""
+    import gzip
+
+    events = 'data: {"id": "c", "choices": [{"index": 0, "delta": {"content": {"not": "text"}}}]}\n\ndata: [DONE]\n\n'
+    record = checked_record(
+        exchange(streamed=True, content_encoding="gzip", chunks=[gzip.compress(events.encode())],
+                 status=200, finished=True)
+    )  # fmt: skip
+    assert record["response"] is None and record["error"]["type"] == "recording_error"
+    assert record["raw_response"] == events
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="freezes the recorder with SIGSTOP")
+def test_a_record_written_but_not_acknowledged_is_not_also_counted_lost(tmp_path):
+    """The recorder froze (SIGSTOP) right after writing a record, before it acknowledged it; a second
+    Ctrl-C then abandons what is pending. The record is in the file, so it counts as recorded, not lost:
+    a record or a loss, never both."""
+    from core.trace import TraceWriter, loss_file_for
+    from proxy.recorder import RecordWriter
+
+    path = tmp_path / "run.jsonl"
+    writer = RecordWriter(path)
+    writer.wait_ready()
+    os.kill(writer._child.process.pid, signal.SIGSTOP)
+    written, pending = exchange(status=200, body=b"{}", finished=True), exchange(status=200, finished=True)
+    writer.submit(written)
+    writer.submit(pending)
+    with TraceWriter(tmp_path, path.name) as trace:  # what the recorder wrote before it froze
+        trace.write(checked_record(written, trace.run_id))
+    writer.abandon.set()
+    counts = writer.close()
+    assert (counts["recorded"], counts["recording_failures"], counts["abandoned"]) == (1, 1, 1)
+    (loss,) = [json.loads(line) for line in loss_file_for(path).read_text().splitlines()]
+    assert loss["id"] == pending.id and loss["reason"] == "abandoned"

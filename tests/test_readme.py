@@ -157,6 +157,21 @@ COVERAGE: dict[str, tuple[str, ...]] = {
     "python bench/real_model.py --seed 1 --no-report": (
         "tests/test_real_model.py::test_smoke_run_on_qwen",  # slow; it also runs with --no-report
     ),
+    "python -m flywheel serve --model MODEL --adapter adapters/RUN --listen 127.0.0.1:8081 --traces traces/": (
+        "tests/test_serve.py::test_serve_records_the_agent_names_the_policy_takes_feedback_and_stops_on_ctrl_c",
+        "tests/test_serve.py::test_serve_refuses_a_missing_adapter_in_one_line",
+    ),
+    "python -m flywheel label last success": (
+        "tests/test_outcomes.py::test_label_last_and_by_id_then_list",
+        "tests/test_outcomes.py::test_label_refuses_an_unknown_session_in_one_line",
+    ),
+    "python -m curate traces/ data/ --require-outcome success": (
+        "tests/test_outcomes.py::test_curate_keeps_only_the_sessions_with_the_required_outcome",
+    ),
+    "python -m flywheel --rounds 3": (
+        "tests/test_rounds.py::test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report",
+        "tests/test_rounds.py::test_a_rerun_reuses_every_round",
+    ),
     "uv lock": ("external: uv's own command; its output, uv.lock, is what `uv run` installs for every test",),
 }
 
@@ -566,7 +581,7 @@ def teacher_traces(tmp_path_factory):
     tasks = list({task.template: task for task in suite.train}.values())
     traces = tmp_path_factory.mktemp("teacher") / "traces"
     with Teacher(suite) as teacher:
-        args = build_parser().parse_args(["--teacher", teacher.base_url])
+        args = build_parser().parse_args(["--teacher", teacher.base_url, "--teacher-model", teacher.model_name])
         config = LoopConfig(teacher=args.teacher, teacher_model=args.teacher_model)
         collection = collect(config, dataclasses.replace(suite, train=tasks), traces, Console(stderr=True))
         served, url = teacher.requests, teacher.base_url
@@ -577,7 +592,7 @@ def test_flywheel_collects_from_a_teacher_url(teacher_traces):
     from core.trace import read_records
 
     traces, collection, served, n_tasks, url = teacher_traces
-    # the model name came from URL/v1/models; no in-process teacher was started (it would count requests)
+    # the named model was checked against URL/v1/models; no in-process teacher was started (it would count)
     assert collection["teacher"] == f"flywheel-scripted-demonstrator at {url}"
     assert collection["teacher_requests"] is None
     assert collection["episodes"] == collection["solved"] == n_tasks

@@ -17,11 +17,6 @@ from agent.tools import AGENT_TOOLS
 
 
 @pytest.fixture(scope="module")
-def suite():
-    return load_suite("default")
-
-
-@pytest.fixture(scope="module")
 def teacher(suite):
     with Teacher(suite) as running:
         yield running

@@ -373,13 +373,18 @@ def _request(content: str) -> list[dict]:
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
 
 
-def test_server_returns_structured_tool_calls(tool_server):
+def _chat(server, messages: list[dict], **options):
+    """The served model's greedy reply to `messages` with the agent tools, through the real OpenAI client."""
     import openai
 
-    client = openai.OpenAI(base_url=tool_server.base_url, api_key="unused")
-    reply = client.chat.completions.create(
-        model="default_model", messages=_request("Read `src/main.py`."), tools=AGENT_TOOLS, temperature=0
+    client = openai.OpenAI(base_url=server.base_url, api_key="unused")
+    return client.chat.completions.create(
+        model="default_model", messages=messages, tools=AGENT_TOOLS, temperature=0, **options
     )
+
+
+def test_server_returns_structured_tool_calls(tool_server):
+    reply = _chat(tool_server, _request("Read `src/main.py`."))
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls", choice
     assert choice.message.content in (None, "")
@@ -389,15 +394,7 @@ def test_server_returns_structured_tool_calls(tool_server):
 
 
 def test_server_returns_parallel_tool_calls(tool_server):
-    import openai
-
-    client = openai.OpenAI(base_url=tool_server.base_url, api_key="unused")
-    reply = client.chat.completions.create(
-        model="default_model",
-        messages=_request("Read `src/main.py` and `tests/test_app.py`."),
-        tools=AGENT_TOOLS,
-        temperature=0,
-    )
+    reply = _chat(tool_server, _request("Read `src/main.py` and `tests/test_app.py`."))
     calls = reply.choices[0].message.tool_calls
     assert reply.choices[0].finish_reason == "tool_calls"
     assert [call.function.name for call in calls] == ["read_file", "read_file"]
@@ -405,16 +402,7 @@ def test_server_returns_parallel_tool_calls(tool_server):
 
 
 def test_server_streams_structured_tool_calls(tool_server):
-    import openai
-
-    client = openai.OpenAI(base_url=tool_server.base_url, api_key="unused")
-    stream = client.chat.completions.create(
-        model="default_model",
-        messages=_request("List the files in `src`."),
-        tools=AGENT_TOOLS,
-        temperature=0,
-        stream=True,
-    )
+    stream = _chat(tool_server, _request("List the files in `src`."), stream=True)
     names, arguments, finish = {}, {}, None
     for chunk in stream:
         for choice in chunk.choices:
@@ -429,9 +417,6 @@ def test_server_streams_structured_tool_calls(tool_server):
 
 
 def test_server_answers_in_text_after_a_tool_result(tool_server):
-    import openai
-
-    client = openai.OpenAI(base_url=tool_server.base_url, api_key="unused")
     messages = _request("Read `notes/todo.md`.") + [
         {
             "role": "assistant",
@@ -446,9 +431,7 @@ def test_server_answers_in_text_after_a_tool_result(tool_server):
         },
         {"role": "tool", "tool_call_id": "call_0", "content": "TODO: write tests\n"},
     ]
-    reply = client.chat.completions.create(
-        model="default_model", messages=messages, tools=AGENT_TOOLS, temperature=0
-    )
+    reply = _chat(tool_server, messages)
     choice = reply.choices[0]
     assert choice.finish_reason == "stop" and not choice.message.tool_calls
     assert choice.message.content.strip()

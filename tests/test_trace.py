@@ -134,3 +134,48 @@ def test_reader_reports_torn_and_bad_lines_with_location(tmp_path):
 def test_reader_names_missing_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such trace file"):
         list(read_trace_lines([tmp_path / "missing"]))
+
+
+def test_a_write_that_fails_mid_line_never_corrupts_the_next_record(tmp_path):
+    """A small tmpfs fills while a record is written (a partial line lands); once there is space again
+    the next record must start on a line of its own: the fragment is cut back, never appended to."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"mount -t tmpfs not permitted here: {mounted.stderr.decode().strip()}")
+    try:
+        filler = mount / "filler"
+        filler.write_bytes(b"\0" * 40_000)
+        writer = TraceWriter(mount, "run.jsonl")
+        big = sample_record(id="big", request={"messages": [{"role": "user", "content": "x" * 30_000}]})
+        writer.write(sample_record(id="first"))
+        with pytest.raises(OSError):
+            writer.write(big)  # ENOSPC after a partial write
+        filler.unlink()
+        writer.write(sample_record(id="after"))
+        writer.close()
+        lines = list(read_trace_lines([mount / "run.jsonl"]))
+        assert [line.error for line in lines] == [None, None]
+        assert [line.record["id"] for line in lines] == ["first", "after"]
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_torn_last_line_is_reported_then_cut_back_before_appending(tmp_path):
+    """A recorder killed mid-write leaves a torn last line: readers (curate) report it; a writer that opens
+    the file again cuts it back to the last complete line before it appends (the exchange it belonged to
+    was never acknowledged, so it is written again whole)."""
+    path = tmp_path / "run.jsonl"
+    good = json.dumps(sample_record(id="kept"))
+    path.write_text(f"{good}\n{good[:50]}")
+    assert [line.error is None for line in read_trace_lines([path])] == [True, False]
+    assert list(read_trace_lines([path]))[1].error.startswith("torn line")
+    writer = TraceWriter(tmp_path, "run.jsonl")
+    writer.write(sample_record(id="next"))
+    writer.close()
+    assert [r["id"] for r in read_records([path])] == ["kept", "next"]

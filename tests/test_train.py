@@ -58,6 +58,24 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.Comp
     )
 
 
+# 16 LoRA steps on every layer with everything a resume must restore: cosine schedule with warm-up, dropout.
+SHORT_RUN = dict(
+    iters=16,
+    batch_size=4,
+    num_layers=-1,
+    learning_rate=2e-4,
+    lr_schedule="cosine",
+    lr_warmup=3,
+    lora_dropout=0.1,
+    save_every=8,
+    steps_per_report=1,
+    steps_per_eval=100,
+    val_batches=1,
+    timing_steps=0,
+    seed=7,
+)
+
+
 def read_metrics(adapter: Path) -> list[dict]:
     return [json.loads(line) for line in (adapter / "metrics.jsonl").read_text().splitlines()]
 
@@ -337,23 +355,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, model_dir, data_dir):
 
     from train.loop import run
 
-    common = dict(
-        model=str(model_dir),
-        data=str(data_dir),
-        iters=16,
-        batch_size=4,
-        num_layers=-1,
-        learning_rate=2e-4,
-        lr_schedule="cosine",
-        lr_warmup=3,
-        lora_dropout=0.1,
-        save_every=8,
-        steps_per_report=1,
-        steps_per_eval=100,
-        val_batches=1,
-        timing_steps=0,
-        seed=7,
-    )
+    common = dict(model=str(model_dir), data=str(data_dir), **SHORT_RUN)
     whole = run(TrainConfig(adapter=str(tmp_path / "whole"), **common))
     run(TrainConfig(adapter=str(tmp_path / "split"), stop_after=8, **common))
     stopped = json.loads((tmp_path / "split" / "manifest.json").read_text())
@@ -383,24 +385,75 @@ def test_resume_matches_uninterrupted_run(tmp_path, model_dir, data_dir):
     assert [loss for _, loss, _ in curve(other)] != [loss for _, loss, _ in a[:3]]
 
 
+def test_same_seed_same_numbers_bitwise_whatever_the_line_order(tmp_path, model_dir, data_dir):
+    """Two runs with the same settings and seed: every logged loss and every weight equal bit for bit (same
+    BLAS and thread count). Shuffling train.jsonl's lines changes nothing either: batches are built from the
+    samples (length, then tokens), not from the file's order."""
+    import random
+
+    from core.samples import read_samples
+    from core.toolcalls import load_tokenizer
+    from train.loop import run
+    from train.preflight import tokenize
+
+    tokenizer = load_tokenizer(model_dir)
+    items = [tokenize(tokenizer, s) for s in read_samples(data_dir / "train.jsonl")]
+    by_length: dict[int, set] = {}
+    for item in items:
+        by_length.setdefault(len(item.tokens), set()).add(tuple(item.tokens))
+    assert any(len(different) > 1 for different in by_length.values())  # ties the order must break
+
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    lines = (data_dir / "train.jsonl").read_text().splitlines(keepends=True)
+    random.Random(0).shuffle(lines)
+    (shuffled / "train.jsonl").write_text("".join(lines))
+    assert (shuffled / "train.jsonl").read_text() != (data_dir / "train.jsonl").read_text()
+    (shuffled / "valid.jsonl").write_text((data_dir / "valid.jsonl").read_text())
+    common = dict(model=str(model_dir), **SHORT_RUN)
+    runs = [
+        run(TrainConfig(data=str(data), adapter=str(tmp_path / name), **common))
+        for name, data in (("a", data_dir), ("b", data_dir), ("shuffled", shuffled))
+    ]
+
+    def numbers(adapter: Path):
+        logged = [
+            (m["kind"], m["iteration"], m.get("train_loss"), m.get("val_loss")) for m in read_metrics(adapter)
+        ]
+        return [row for row in logged if row[0] in ("train", "val")], (
+            adapter / "adapters.safetensors"
+        ).read_bytes()
+
+    first = numbers(runs[0])
+    assert len(first[0]) == 16 + 2  # 16 train reports, val at 0 and 16
+    for other in runs[1:]:
+        assert numbers(other) == first
+
+
+def train_tiny(model_dir: Path, data_dir: Path, adapter: Path, **settings) -> Path:
+    """`train.loop.run` in this process: the tiny model on the test data into `adapter`, no timing steps."""
+    from train.loop import run
+
+    return run(
+        TrainConfig(
+            model=str(model_dir), data=str(data_dir), adapter=str(adapter), timing_steps=0, **settings
+        )
+    )
+
+
 def test_full_fine_tune_loads_as_adapter(tmp_path, model_dir, data_dir):
     import mlx.core as mx
     from mlx_lm import load
 
-    from train.loop import run
-
-    adapter = run(
-        TrainConfig(
-            model=str(model_dir),
-            data=str(data_dir),
-            adapter=str(tmp_path / "full"),
-            fine_tune_type="full",
-            num_layers=-1,
-            iters=6,
-            learning_rate=1e-3,
-            save_every=6,
-            timing_steps=0,
-        )
+    adapter = train_tiny(
+        model_dir,
+        data_dir,
+        tmp_path / "full",
+        fine_tune_type="full",
+        num_layers=-1,
+        iters=6,
+        learning_rate=1e-3,
+        save_every=6,
     )
     weights = mx.load(str(adapter / "adapters.safetensors"))
     assert "model.embed_tokens.weight" in weights and "model.norm.weight" in weights  # everything trained
@@ -411,23 +464,19 @@ def test_full_fine_tune_loads_as_adapter(tmp_path, model_dir, data_dir):
 
 
 def test_select_by_tool_success_with_patience(tmp_path, model_dir, data_dir):
-    from train.loop import run
     from train.manifest import sha256_file
 
-    adapter = run(
-        TrainConfig(
-            model=str(model_dir),
-            data=str(data_dir),
-            adapter=str(tmp_path / "sel"),
-            iters=40,
-            learning_rate=2e-4,
-            save_every=5,
-            select_by="tool-success",
-            patience=2,
-            select_samples=4,
-            timing_steps=0,
-            steps_per_eval=100,
-        )
+    adapter = train_tiny(
+        model_dir,
+        data_dir,
+        tmp_path / "sel",
+        iters=40,
+        learning_rate=2e-4,
+        save_every=5,
+        select_by="tool-success",
+        patience=2,
+        select_samples=4,
+        steps_per_eval=100,
     )
     manifest = json.loads((adapter / "manifest.json").read_text())
     selection = manifest["selection"]

@@ -143,6 +143,8 @@ def test_shared_prefix_length():
 def test_train_run_records_the_loss_it_used(tmp_path, tiny_model, tokenized):
     import json
 
+    from test_train_sessions import SMALL_RUN
+
     import train
     from models.tiny import tool_call_samples
 
@@ -153,17 +155,7 @@ def test_train_run_records_the_loss_it_used(tmp_path, tiny_model, tokenized):
             "".join(json.dumps(s) + "\n" for s in tool_call_samples(n, seed))
         )
     config = train.TrainConfig(
-        model=str(tiny_model),
-        data=str(data),
-        adapter=str(tmp_path / "adapter"),
-        num_layers=1,
-        iters=4,
-        batch_size=2,
-        learning_rate=1e-3,
-        steps_per_report=2,
-        steps_per_eval=4,
-        save_every=4,
-        timing_steps=1,
+        model=str(tiny_model), data=str(data), adapter=str(tmp_path / "adapter"), **SMALL_RUN
     )
     adapter = train.run(config)
     manifest = json.loads((Path(adapter) / "manifest.json").read_text())
@@ -212,3 +204,83 @@ def test_step_cost_benchmark_times_every_loss_and_checks_them(tiny_model):
         assert agreement["max_relative_grad_difference"] < 1e-3, name
     assert all(v > 0 for v in result["median"].values())
     assert (benchmarks.read_text() if benchmarks.exists() else None) == before
+
+
+# ------------------------------------------------------------------------------------------ session samples
+
+
+@pytest.fixture(scope="module")
+def session_items(tiny_model):
+    """A session of 4 chained tool-call exchanges, tokenized whole (with spans) and as its per-turn samples."""
+    from mlx_lm.utils import load
+    from test_train_sessions import sessions
+
+    _, tokenizer = load(str(tiny_model))
+    whole = pf.tokenize(tokenizer, pf.Sample("s.jsonl:1", sessions(1, 12, parts=4)[0]), True)
+    turns = [pf.tokenize(tokenizer, turn, True) for turn in whole.sample.per_turn()]
+    assert whole.spans is not None and len(whole.spans) == len(turns) >= 4
+    return whole, turns
+
+
+def completion_only(item: pf.Tokenized) -> pf.Tokenized:
+    """A per-turn item masked to its completion's tokens [offset, length), without mlx-lm's extra target."""
+    return pf.Tokenized(item.sample, item.tokens, item.offset, ((item.offset, len(item.tokens)),))
+
+
+def test_supervised_positions_of_session_rows():
+    lengths = np.array([[3, 12], [5, 9]], np.int32)
+    positions, weights = loss_lib.supervised_positions(lengths, 13, [((3, 5), (8, 14)), None])
+    real = positions[weights > 0]
+    assert real[real < 12].tolist() == [2, 3, 7, 8, 9, 10]  # row 0: tokens 3, 4 and 8..11 (cut at length 12)
+    assert (real[real >= 12] - 12).tolist() == [4, 5, 6, 7, 8]  # row 1: mlx-lm's mask, offset 5 to length 9
+
+
+def test_session_loss_is_the_sum_of_its_per_turn_losses(tiny_model, session_items):
+    """One session row against its per-turn rows, same weights: the loss is the sum of the token losses over
+    the number of supervised tokens (mlx-lm's normalization), and both batches hold the same tokens with the
+    same context, so value and gradients agree; for the reference (logits everywhere), the head on supervised
+    positions, and the frozen prefix run once."""
+    whole, turns = session_items
+    session = collate(TokenizedDataset([whole]), [0], 4096)
+    per_turn = collate(TokenizedDataset([completion_only(t) for t in turns]), list(range(len(turns))), 4096)
+    assert int(session[3].sum().item()) == sum(len(t.tokens) - t.offset for t in turns) == whole.supervised
+
+    model = lora_model(tiny_model, lm_head=False)  # block 1 frozen: the prefix loss applies
+    reference = value_and_grads(model, loss_lib.all_positions_loss, per_turn)
+    assert_same(reference, value_and_grads(model, loss_lib.all_positions_loss, session))
+    assert_same(reference, value_and_grads(model, loss_lib.supervised_loss, session))
+    length = loss_lib.shared_prefix_length([whole.tokens] + [t.tokens for t in turns])
+    prefix = loss_lib.build_prefix(model, whole.tokens[:length])
+    assert prefix is not None and prefix.length > 32
+    assert_same(reference, value_and_grads(model, loss_lib.make_prefix_loss(prefix), session))
+    tied = lora_model(tiny_model, lm_head=True)  # nothing frozen, LoRA on the tied head: every gradient path
+    assert_same(
+        value_and_grads(tied, loss_lib.all_positions_loss, per_turn),
+        value_and_grads(tied, loss_lib.supervised_loss, session),
+    )
+
+    loss_fn, note = loss_lib.choose(model, session, prefix_tokens=whole.tokens[:length], sessions=True)
+    assert "run once" in note and "checked equal to logits at every position" in note, note
+
+
+def test_mlx_lm_mask_adds_one_padding_target_per_turn(tiny_model, session_items):
+    """mlx-lm's default mask (offset <= t + 1 <= length) also counts, in every per-turn row, the target after
+    the sequence: predicting the padding id 0. A session has a real token there, so only completion tokens
+    are comparable; the difference is exactly those padding targets."""
+    whole, turns = session_items
+    model = lora_model(tiny_model, lm_head=False)
+    rows = list(range(len(turns)))
+    plain = collate(TokenizedDataset(turns), rows, 4096)
+    exact = collate(TokenizedDataset([completion_only(t) for t in turns]), rows, 4096)
+    default, n_default = loss_lib.full_loss(model, *plain)
+    mine, n_mine = loss_lib.all_positions_loss(model, *plain)
+    completion, n_completion = loss_lib.all_positions_loss(model, *exact)
+    assert n_default.item() == n_mine.item() == n_completion.item() + len(turns)
+    assert mine.item() == pytest.approx(
+        default.item(), rel=1e-5
+    )  # the reference is mlx-lm's on per-turn rows
+    logits = model(plain[0][:, :-1])
+    padding = sum(-nn.log_softmax(logits[r, len(t.tokens) - 1])[0].item() for r, t in enumerate(turns))
+    assert plain[0][0, len(turns[0].tokens)].item() == 0
+    total = default.item() * n_default.item()
+    assert total == pytest.approx(completion.item() * n_completion.item() + padding, rel=1e-4)

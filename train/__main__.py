@@ -6,8 +6,10 @@ import argparse
 import os
 import sys
 
+from core.cli import command_parser, fail
 from train.config import NO_MODEL_MESSAGE, ConfigError, resolve
 
+PROG = "python -m train"
 EPILOG = """\
 settings come from, in order: defaults < train.toml (--config FILE, else ./train.toml if present) < flags.
 The resolved config is printed and saved as ADAPTER/train.toml (reusable with --config).
@@ -25,12 +27,11 @@ manifest.json, metrics.jsonl, loss.png, train.toml, checkpoints/NNNNNNN/ (each a
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m train",
-        description="Fine-tune a model on curated tool-call data (mlx-lm chat JSONL: train.jsonl, valid.jsonl). "
+    p = command_parser(
+        PROG,
+        "Fine-tune a model on curated tool-call data (mlx-lm chat JSONL: train.jsonl, valid.jsonl). "
         "Preflight checks the data against the model's chat template and tool parser before any step.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        EPILOG,
     )
     add = p.add_argument
     on_off = argparse.BooleanOptionalAction
@@ -53,7 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="also adapt the output head (tied models: the shared embedding); for models whose tool-call tokens were never trained",
     )
     g.add_argument("--lora-embeddings", action=on_off, help="also adapt the input embedding")
-    g.add_argument("--mask-prompt", action=on_off, help="loss on the final assistant turn only (default: on)")
+    g.add_argument(
+        "--mask-prompt", action=on_off, help="loss on the assistant turns only, not the prompt (default: on)"
+    )
+    g.add_argument(
+        "--sessions",
+        choices=["whole", "per-turn"],
+        help='session samples ("supervise": "all_assistant_turns"): one sequence each, every assistant turn '
+        "supervised once (default: whole), or one sample per turn, as `mlx_lm lora` trains",
+    )
     g = p.add_argument_group("optimisation")
     g.add_argument("--iters", type=int, help="iterations (default: 1000)")
     g.add_argument("--batch-size", type=int, help="default: 4")
@@ -113,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = resolve(args, config_path)
     except ConfigError as error:
-        print(f"python -m train: error: {error}", file=sys.stderr)
-        return 2
+        return fail(PROG, error, 2)
     if not config.model:
         print(NO_MODEL_MESSAGE, file=sys.stderr)
         return 2
@@ -125,11 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(config)
     except PreflightError as error:
-        print(f"python -m train: preflight failed: {error}", file=sys.stderr)
-        return 1
+        return fail(PROG, error, 1, what="preflight failed")
     except ConfigError as error:
-        print(f"python -m train: error: {error}", file=sys.stderr)
-        return 2
+        return fail(PROG, error, 2)
     return 0
 
 

@@ -15,10 +15,11 @@ EVAL_ORDER_SEED = 0x5EED_0E7A  # the validation subset is fixed for a run, indep
 
 
 class TokenizedDataset:
-    """(tokens, offset) pairs, the item format mlx-lm's batching and loss expect."""
+    """(tokens, offset) pairs, the item format of mlx-lm's batching and loss; a session sample's item is
+    (tokens, spans), the [start, end) token ranges of its assistant turns, since one offset cannot say it."""
 
     def __init__(self, items):
-        self.items = [(t.tokens, t.offset) for t in items]
+        self.items = [(t.tokens, t.offset if t.spans is None else t.spans) for t in items]
 
     def __getitem__(self, idx: int):
         return self.items[idx]
@@ -39,18 +40,7 @@ def make_iterate_batches(seed: int, start_iteration: int = 0):
     subset. Sequences longer than max_seq_length are cut (preflight reported how many)."""
 
     def iterate_batches(dataset, batch_size, max_seq_length, loop=False, comm_group=None, **_):
-        order = sorted(range(len(dataset)), key=dataset.itemlen)
-        if len(dataset) < batch_size:
-            raise ValueError(
-                f"Dataset must have at least batch_size={batch_size} examples but only has {len(dataset)}."
-            )
-        offset, step = (comm_group.rank(), comm_group.size()) if comm_group is not None else (0, 1)
-        if batch_size % step != 0:
-            raise ValueError("The batch size must be divisible by the number of workers")
-        batches = [
-            order[i + offset : i + offset + batch_size : step]
-            for i in range(0, len(order) - batch_size + 1, batch_size)
-        ]
+        batches = epoch_batches(dataset, batch_size, comm_group)
         if not loop:
             for i in np.random.default_rng([seed, EVAL_ORDER_SEED]).permutation(len(batches)):
                 yield collate(dataset, batches[i], max_seq_length)
@@ -66,9 +56,27 @@ def make_iterate_batches(seed: int, start_iteration: int = 0):
     return iterate_batches
 
 
+def epoch_batches(dataset, batch_size: int, comm_group=None) -> list[list[int]]:
+    """The batches of one epoch, as dataset indices (this rank's share of each), before shuffling: contiguous
+    runs of the length-sorted samples; the last `len % batch_size` (the longest) are left out, as in mlx-lm.
+    Equal lengths are ordered by their tokens, so the batches depend on the samples, not on the file's order."""
+    order = sorted(range(len(dataset)), key=lambda i: (dataset.itemlen(i), dataset[i][0]))
+    if len(dataset) < batch_size:
+        raise ValueError(
+            f"Dataset must have at least batch_size={batch_size} examples but only has {len(dataset)}."
+        )
+    offset, step = (comm_group.rank(), comm_group.size()) if comm_group is not None else (0, 1)
+    if batch_size % step != 0:
+        raise ValueError("The batch size must be divisible by the number of workers")
+    return [
+        order[i + offset : i + offset + batch_size : step]
+        for i in range(0, len(order) - batch_size + 1, batch_size)
+    ]
+
+
 def collate(dataset, indices: list[int], max_seq_length: int):
     """mlx-lm's padding: to 1 + a multiple of 32, capped at max_seq_length; returns (batch, [offset, length]) plus
-    the supervised positions and their weights (`train.loss`)."""
+    the supervised positions and their weights (`train.loss`). A session row's offset is its first span's start."""
     items = [dataset[j] for j in indices]
     lengths = [min(len(tokens), max_seq_length) for tokens, _ in items]
     pad_to = 32
@@ -76,6 +84,13 @@ def collate(dataset, indices: list[int], max_seq_length: int):
     batch = np.zeros((len(items), width), np.int32)
     for row, ((tokens, _), length) in enumerate(zip(items, lengths, strict=True)):
         batch[row, :length] = tokens[:length]
-    offsets = np.array([[off, length] for (_, off), length in zip(items, lengths, strict=True)], np.int32)
-    positions, weights = supervised_positions(offsets, width)
+    spans = [supervision if isinstance(supervision, tuple) else None for _, supervision in items]
+    offsets = np.array(
+        [
+            [supervision[0][0] if row_spans else supervision, length]
+            for (_, supervision), row_spans, length in zip(items, spans, lengths, strict=True)
+        ],
+        np.int32,
+    )
+    positions, weights = supervised_positions(offsets, width, spans)
     return mx.array(batch), mx.array(offsets), mx.array(positions), mx.array(weights)

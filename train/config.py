@@ -51,7 +51,12 @@ class TrainConfig(Settings):
     lora_keys: list[str] | None = None  # module names to adapt; None = every linear layer in the blocks
     lora_lm_head: bool = False  # also adapt the output head (the embedding when tied)
     lora_embeddings: bool = False  # also adapt the input embedding
-    mask_prompt: bool = True  # loss on the final assistant turn only
+    mask_prompt: bool = (
+        True  # loss on the assistant turns only (the final one; every one of a session sample)
+    )
+    # session samples (`"supervise": "all_assistant_turns"`): one sequence each ("whole"; per-turn where the
+    # chat template does not allow it), or one sample per assistant turn as `mlx_lm lora` would need
+    sessions: Literal["whole", "per-turn"] = "whole"
     # How
     iters: int = Field(1000, ge=1)
     batch_size: int = Field(4, ge=1)
@@ -104,7 +109,7 @@ class TrainConfig(Settings):
     @classmethod
     def _layers(cls, value: int) -> int:
         if value == 0 or value < -1:
-            raise ValueError("must be -1 (all) or a positive number")
+            raise ValueError(f"num_layers: must be -1 (all) or a positive number, got {value}")
         return value
 
 

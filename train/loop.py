@@ -27,7 +27,7 @@ from train import adapters, checkpoint
 from train import loss as loss_lib
 from train import manifest as manifest_lib
 from train import preflight as pf
-from train.batches import TokenizedDataset, make_iterate_batches
+from train.batches import TokenizedDataset, collate, make_iterate_batches
 from train.config import ConfigError, TrainConfig, check, default_adapter_dir, to_toml
 from train.config import save as save_config
 from train.plot import plot_metrics
@@ -131,12 +131,20 @@ def preflight(state: Run) -> None:
 
 
 def check_samples(state: Run) -> None:
-    """Round trip, tokens and the length report of every split; too-long samples with nothing left are dropped."""
+    """Round trip, tokens and the length report of every split; too-long samples with nothing left are dropped.
+    Session samples stay whole where their spans exist (else they become per-turn samples, counted)."""
     config = state.config
     for split, samples in state.splits.items():
         pf.check_round_trip(state.tokenizer, samples)
-        items = [pf.tokenize(state.tokenizer, s, config.mask_prompt) for s in samples]
+        items, sessions = pf.tokenize_split(
+            state.tokenizer,
+            samples,
+            mask_prompt=config.mask_prompt,
+            max_seq_length=config.max_seq_length,
+            whole_sessions=config.sessions == "whole",
+        )
         report = pf.length_report(items, config.max_seq_length, str(Path(config.data) / f"{split}.jsonl"))
+        report.sessions = sessions
         state.lengths[split] = report
         dropped = set(report.dropped)
         state.datasets[split] = [t for t in items if t.sample.where not in dropped]
@@ -190,11 +198,25 @@ def choose_loss(state: Run) -> None:
     ]
     state.loss_fn, state.loss_note = loss_lib.choose(
         state.model,
-        next(train_batches(state)),
+        check_batch(state),
         enabled=config.head_on_supervised,
         prefix_tokens=loss_lib.shared_prefix(token_lists),
+        sessions=any(t.spans is not None for t in state.datasets["train"]),
     )
     state.print(f"[dim]{state.loss_note}[/dim]")
+
+
+def check_batch(state: Run):
+    """The batch the cheaper losses are checked on: the first training batch, or with session samples the
+    shortest session and the shortest other sample (both kinds of mask, at the least cost)."""
+    items = state.datasets["train"]
+    sessions = sorted(
+        (i for i, t in enumerate(items) if t.spans is not None), key=lambda i: len(items[i].tokens)
+    )
+    if not sessions:
+        return next(train_batches(state))
+    others = sorted((i for i, t in enumerate(items) if t.spans is None), key=lambda i: len(items[i].tokens))
+    return collate(TokenizedDataset(items), sessions[:1] + others[:1], state.config.max_seq_length)
 
 
 def time_steps(state: Run) -> None:
@@ -267,7 +289,7 @@ def train(state: Run) -> None:
         resume(state)
     mx.random.seed(rng_seed(config.seed, state.start))
     if config.select_by == "tool-success":
-        samples = [{**s.data, "where": s.where} for s in state.splits["valid"]]
+        samples = [{**t.data, "where": t.where} for s in state.splits["valid"] for t in s.per_turn()]
         state.select_samples = samples[: config.select_samples] if config.select_samples else samples
     if state.rank == 0:
         adapter_dir.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,14 @@ a large part of a step: its matmul forward and backward, and a [batch, length, v
 `collate`, padded to a multiple of 32 with zero weight so `mx.compile` sees few shapes) and applies the head to
 those alone. Same value and gradients as `default_loss` up to float rounding; `choose` checks that on a real
 batch before training and falls back to `default_loss` for a model whose forward is not body + head.
+
+A session sample (`core.samples`) supervises every assistant turn of one trajectory; its positions are the
+tokens of each turn's span. mlx-lm's one (offset, length) pair per row cannot say that, so with session
+samples the reference is `all_positions_loss` (the same logits everywhere, counted at those positions). Every
+loss here is the sum of the token losses over the number of supervised tokens in the batch, so a session row
+gives the value and gradients of its per-turn rows batched together (tests/test_train_loss.py), except for
+one target per per-turn row that mlx-lm's mask adds after the sequence (the padding id) and a session,
+having a real token there, does not.
 """
 
 from __future__ import annotations
@@ -22,12 +30,20 @@ POSITION_PAD = 32
 MIN_PREFIX = 32  # a shorter shared prefix saves too little to be worth caching
 
 
-def supervised_positions(lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+def supervised_positions(
+    lengths: np.ndarray, width: int, spans: list[tuple[tuple[int, int], ...] | None] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Flat indices into the [batch, width - 1] targets that the loss counts, and their weights (1, or 0 for padding).
 
-    Target t of row r is supervised when offset <= t + 1 <= length, mlx-lm's mask for (offset, length)."""
+    Target t of row r predicts token t + 1. A per-turn row is mlx-lm's mask for (offset, length): offset <= t + 1
+    <= length (the last of which is the padding id after the sequence). A session row (`spans[r]` given)
+    supervises exactly the tokens of its spans: start <= t + 1 < min(end, length)."""
     steps = np.arange(1, width)
     mask = (steps[None, :] >= lengths[:, :1]) & (steps[None, :] <= lengths[:, 1:])
+    for row, row_spans in enumerate(spans or []):
+        if row_spans is not None:
+            length = lengths[row, 1]
+            mask[row] = np.any([(steps >= a) & (steps < min(b, length)) for a, b in row_spans], axis=0)
     positions = np.flatnonzero(mask).astype(np.int32)
     padded = max(POSITION_PAD, -(-len(positions) // POSITION_PAD) * POSITION_PAD)
     weights = np.zeros(padded, np.float32)
@@ -55,7 +71,12 @@ def supervised_loss(model, batch, lengths, positions, weights):
 def head_loss(model, hidden, batch, positions, weights):
     """Cross-entropy of the head applied to `hidden` (the body's output) at the supervised positions."""
     picked = hidden.reshape(-1, hidden.shape[-1])[positions]
-    logits = head(model)(picked)
+    return positions_loss(head(model)(picked), batch, positions, weights)
+
+
+def positions_loss(logits, batch, positions, weights):
+    """Mean cross-entropy of `logits` (one row per supervised position) against the batch's next tokens:
+    the sum of the token losses over the number of supervised tokens, mlx-lm's normalization."""
     ce = nn.losses.cross_entropy(logits, batch[:, 1:].reshape(-1)[positions]) * weights
     ntoks = weights.sum()
     return ce.astype(mx.float32).sum() / ntoks, ntoks.astype(mx.int32)
@@ -68,18 +89,31 @@ def full_loss(model, batch, lengths, positions=None, weights=None):
     return default_loss(model, batch, lengths)
 
 
+def all_positions_loss(model, batch, lengths, positions, weights):
+    """mlx-lm's default computation (logits at every position), counted at the supervised positions: the
+    reference for session samples, whose masks one (offset, length) pair per row cannot express."""
+    logits = model(batch[:, :-1])
+    return positions_loss(logits.reshape(-1, logits.shape[-1])[positions], batch, positions, weights)
+
+
 def choose(
-    model, batch, enabled: bool = True, prefix_tokens: list[int] | None = None
+    model, batch, enabled: bool = True, prefix_tokens: list[int] | None = None, sessions: bool = False
 ) -> tuple[callable, str]:
-    """The cheapest loss that gives mlx-lm's value on `batch`: the head on supervised positions only, and the
-    frozen blocks' work on a shared prompt prefix done once (`prefix_tokens`, when the bottom blocks are frozen).
-    Each is checked against mlx-lm's default on a real batch; a model whose forward is not body + head, or a
-    disagreement, falls back to mlx-lm's default."""
+    """The cheapest loss that gives the reference value on `batch`: the head on supervised positions only, and
+    the frozen blocks' work on a shared prompt prefix done once (`prefix_tokens`, when the bottom blocks are
+    frozen). The reference is mlx-lm's default loss, or with session samples (`sessions`; `batch` should hold
+    one) the same computation over their spans. Each candidate is checked against it on a real batch; a model
+    whose forward is not body + head, or a disagreement, falls back to the reference."""
+    reference, name = (
+        (all_positions_loss, "logits at every position, counted on every assistant turn of session samples")
+        if sessions
+        else (full_loss, "mlx-lm's default")
+    )
     if not enabled:
-        return full_loss, "loss: mlx-lm's default (logits at every position)"
+        return reference, f"loss: {name} (logits at every position)"
     if head(model) is None:
-        return full_loss, "loss: mlx-lm's default (the model's forward is not body + lm_head)"
-    expected, n_expected = full_loss(model, *batch)
+        return reference, f"loss: {name} (the model's forward is not body + lm_head)"
+    expected, n_expected = reference(model, *batch)
     candidates = [(supervised_loss, "output head on supervised positions only")]
     prefix = build_prefix(model, prefix_tokens) if prefix_tokens else None
     if prefix is not None:
@@ -98,10 +132,10 @@ def choose(
         if n_expected.item() == n_got.item() and np.isclose(
             got.item(), expected.item(), rtol=1e-4, atol=1e-4
         ):
-            return loss_fn, f"loss: {description} (checked equal to mlx-lm's default: {expected.item():.5f})"
+            return loss_fn, f"loss: {description} (checked equal to {name}: {expected.item():.5f})"
         rejected.append(f"{description} gave {got.item():.5f} over {n_got.item()} tokens")
-    return full_loss, (
-        f"loss: mlx-lm's default, {expected.item():.5f} over {n_expected.item()} tokens; rejected: "
+    return reference, (
+        f"loss: {name}, {expected.item():.5f} over {n_expected.item()} tokens; rejected: "
         + "; ".join(rejected)
     )
 

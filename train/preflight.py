@@ -11,7 +11,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.samples import BENCHMARK_KEY, Sample, SampleError, read_samples
+from core.samples import (
+    BENCHMARK_KEY,
+    Sample,
+    SampleError,
+    SpanError,
+    read_samples,
+    sample_tokens,
+    supervised_spans,
+)
 
 SPLITS = ("train", "valid")
 
@@ -22,15 +30,31 @@ class PreflightError(ValueError):
 
 @dataclass
 class Tokenized:
-    """A sample as training sees it: tokens and the index of the first supervised token."""
+    """A sample as training sees it: tokens and the index of the first supervised token; a session sample
+    also has the [start, end) token span of each assistant turn (everything outside them is masked)."""
 
     sample: Sample
     tokens: list[int]
     offset: int
+    spans: tuple[tuple[int, int], ...] | None = None
 
     @property
     def supervised(self) -> int:
+        if self.spans is not None:
+            return sum(end - start for start, end in self.spans)
         return len(self.tokens) - self.offset
+
+
+@dataclass
+class SessionReport:
+    """What became of a split's session samples: trained whole, or as their per-turn samples, and why."""
+
+    samples: int = 0
+    whole: int = 0
+    turns_whole: int = 0  # assistant turns supervised inside whole sessions
+    per_turn: int = 0  # sessions trained as per-turn samples (setting or fallback)
+    fallbacks: dict[str, int] = field(default_factory=dict)  # reason → sessions
+    first_fallback: str = ""  # file:line and the reason of the first
 
 
 @dataclass
@@ -43,6 +67,7 @@ class SplitReport:
     over_max_seq_length: int = 0
     truncated_supervision: int = 0  # samples losing part of the assistant turn to truncation
     dropped: list[str] = field(default_factory=list)  # file:line of samples with nothing left to learn
+    sessions: SessionReport = field(default_factory=SessionReport)
 
 
 def read_jsonl(path: Path) -> list[Sample]:
@@ -86,43 +111,70 @@ def load_splits(data_dir: Path, *, need_valid: bool = False) -> tuple[dict[str, 
 
 
 def check_round_trip(tokenizer, samples: list[Sample]) -> None:
-    """Every final assistant turn renders with the model's template and parses back to the same tool calls."""
+    """Every supervised assistant turn (the final one, or each of a session's) renders with the model's
+    template and parses back to the same tool calls."""
     from core.toolcalls import round_trip
 
     for sample in samples:
-        result = round_trip(tokenizer, sample.data["messages"], sample.data.get("tools") or None)
-        if not result.ok:
-            raise PreflightError(
-                f"{sample.where}: tool call does not round-trip through the chat template: {result.reason}"
-            )
+        for turn in sample.per_turn():
+            result = round_trip(tokenizer, turn.messages, turn.tools or None)
+            if not result.ok:
+                raise PreflightError(
+                    f"{turn.where}: tool call does not round-trip through the chat template: {result.reason}"
+                )
 
 
 def tokenize(tokenizer, sample: Sample, mask_prompt: bool = True) -> Tokenized:
     """Tokens as the server would build the conversation (mlx_lm.server's message preprocessing, then the
-    chat template), and the offset of the final assistant turn, as mlx-lm's ChatDataset computes it."""
-    from core.toolcalls import server_messages
-
-    messages = server_messages(sample.data["messages"])
-    tools = sample.data.get("tools") or None
+    chat template), and the offset of the final assistant turn, as mlx-lm's ChatDataset computes it; for a
+    session sample, the span of every assistant turn (`core.samples.supervised_spans`; SpanError when the
+    template does not allow them)."""
     try:
-        tokens = list(tokenizer.apply_chat_template(messages, tools=tools, return_dict=False))
         if not mask_prompt:
-            return Tokenized(sample, tokens, 0)
-        prompt = list(
-            tokenizer.apply_chat_template(
-                messages[:-1], tools=tools, add_generation_prompt=True, return_dict=False
-            )
-        )
+            return Tokenized(sample, sample_tokens(tokenizer, sample.data), 0)
+        found = supervised_spans(tokenizer, sample.data)
+    except SpanError as error:
+        if sample.is_session:
+            raise
+        raise PreflightError(f"{sample.where}: {error}, so the loss mask would be wrong") from None
     except Exception as error:
         raise PreflightError(f"{sample.where}: chat template failed: {error}") from None
-    if tokens[: len(prompt)] != prompt:
-        raise PreflightError(
-            f"{sample.where}: the prompt's tokens are not a prefix of the whole conversation's tokens "
-            "(the chat template rewrites earlier turns), so the loss mask would be wrong"
-        )
-    if len(prompt) >= len(tokens):
-        raise PreflightError(f"{sample.where}: the final assistant turn renders to no tokens")
-    return Tokenized(sample, tokens, len(prompt))
+    spans = found.spans if sample.is_session else None
+    return Tokenized(sample, found.tokens, found.spans[0][0], spans)
+
+
+def tokenize_split(
+    tokenizer, samples: list[Sample], *, mask_prompt: bool, max_seq_length: int, whole_sessions: bool
+) -> tuple[list[Tokenized], SessionReport]:
+    """Every sample tokenized; a session sample stays whole when `whole_sessions`, its spans exist and it
+    fits in max_seq_length, and otherwise becomes its per-turn samples (counted, with the reason)."""
+    items: list[Tokenized] = []
+    report = SessionReport()
+    for sample in samples:
+        if not sample.is_session:
+            items.append(tokenize(tokenizer, sample, mask_prompt))
+            continue
+        report.samples += 1
+        reason = None if whole_sessions else "sessions = per-turn"
+        if reason is None:
+            try:
+                item = tokenize(tokenizer, sample, mask_prompt)
+            except SpanError as error:
+                reason = error.reason
+            else:
+                if len(item.tokens) > max_seq_length:
+                    reason = f"longer than max_seq_length {max_seq_length}"
+        if reason is None:
+            items.append(item)
+            report.whole += 1
+            report.turns_whole += len(item.spans or ())
+            continue
+        items += [tokenize(tokenizer, turn, mask_prompt) for turn in sample.per_turn()]
+        report.per_turn += 1
+        if whole_sessions:
+            report.fallbacks[reason] = report.fallbacks.get(reason, 0) + 1
+            report.first_fallback = report.first_fallback or f"{sample.where}: {reason}"
+    return items, report
 
 
 def length_report(items: list[Tokenized], max_seq_length: int, file: str) -> SplitReport:
@@ -167,9 +219,22 @@ def print_length_report(console, split: str, report: SplitReport, max_seq_length
     tokens, supervised = report.tokens, report.supervised_tokens
     console.print(
         f"[bold]{split}[/bold] {report.samples} samples · tokens min {tokens['min']} / median {tokens['median']}"
-        f" / max {tokens['max']} · supervised (last assistant turn) median {supervised['median']}"
+        f" / max {tokens['max']} · supervised (assistant turns) median {supervised['median']}"
         f", total {supervised['total']:,}"
     )
+    sessions = report.sessions
+    if sessions.samples:
+        fallback = (
+            f"; {sum(sessions.fallbacks.values())} fell back to per-turn samples "
+            f"({', '.join(f'{n} {reason}' for reason, n in sessions.fallbacks.items())}; first: "
+            f"{sessions.first_fallback})"
+            if sessions.fallbacks
+            else ""
+        )
+        console.print(
+            f"  {sessions.samples} session samples: {sessions.whole} trained whole ({sessions.turns_whole} "
+            f"assistant turns), {sessions.per_turn} as per-turn samples{fallback}"
+        )
     peak = max(count for _, _, count in report.histogram) or 1
     for low, high, count in report.histogram:
         bar = "█" * max(1 if count else 0, round(24 * count / peak))

@@ -1,0 +1,125 @@
+"""The loop's settings: `python -m flywheel [--config flywheel.toml] [flags]` (a `core.config` Settings class)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+
+from core.config import Settings, describe
+from flywheel.stages import weights_identity
+
+# The demo student's training recipe: LoRA on every linear layer of the tiny base, embeddings frozen, chosen by
+# measurement (bench/demo_recipe.py; figures in docs/BENCHMARKS.md). A loop file's [train] table overrides it.
+STUDENT_RECIPE: dict[str, Any] = {
+    "fine_tune_type": "lora",
+    "lora_rank": 32,
+    "lora_scale": 2.0,
+    "num_layers": -1,
+    "iters": 1000,
+    "batch_size": 8,
+    "learning_rate": 1e-3,
+    "lr_schedule": "cosine",
+    "max_seq_length": 1024,
+}
+QUICK_ITERS = 150  # --quick: the CI-sized run
+QUICK_EVAL_LIMIT = 6
+QUICK_ATTEMPT_TASKS = 48
+
+
+class LoopConfig(Settings):
+    """Settings of one turn of the flywheel: `python -m flywheel [--config flywheel.toml] [flags]`.
+
+    Top-level keys are the fields below; a `[train]` table holds any `train.TrainConfig` setting and overrides
+    the student recipe (STUDENT_RECIPE), checked against TrainConfig when the file is read."""
+
+    student: str | None = None  # model directory; None: the shipped tiny base model (models.tinybase)
+    teacher: str | None = None  # OpenAI-compatible base URL (…/v1); None: the scripted demonstrator
+    teacher_model: str | None = None  # model name at the teacher; None: its first /v1/models entry
+    teacher_api_key_env: str = "FLYWHEEL_TEACHER_API_KEY"  # the variable holding the teacher's key
+    suite: str = "demo"
+    quick: bool = False
+    run: str | None = None  # None: derived from the settings, so a re-run reuses finished stages
+    root: Path = Path(".")
+    seed: int = Field(0, ge=0)
+    # each train task is run this many times (the scripted teacher is deterministic, so the suite's own
+    # variety matters more than repeats)
+    episodes_per_task: int = Field(1, ge=1)
+    agent_max_steps: int = Field(6, ge=1)
+    eval_limit: int | None = Field(None, ge=1)  # held-out tasks and test samples evaluated (None: all)
+    train: dict[str, Any] = Field(default_factory=dict)
+    # rounds ≥ 2: the best student so far attempts each train task `attempts` times at `temperature` (its own
+    # successes join the training data); a new adapter is promoted only when it is better (flywheel.promote)
+    rounds: int = Field(1, ge=1)
+    attempts: int = Field(2, ge=1)
+    temperature: float = Field(0.7, ge=0)
+    attempt_concurrency: int = Field(4, ge=1)
+    attempt_tasks: int | None = Field(None, ge=1)  # None: as many as the suite has train tasks
+    # "fresh": new tasks drawn from the suite's train pools each round (new work, as a deployed student meets);
+    # "train": the suite's own train tasks, which the teacher already solved
+    attempt_on: Literal["fresh", "train"] = "fresh"
+    # this many more fresh attempts, shared among templates by how often the student failed them first
+    attempt_focus: int = Field(0, ge=0)
+
+    @field_validator("train")
+    @classmethod
+    def _train_settings_exist(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from train.config import TrainConfig
+
+        owned = {"model", "data", "adapter", "seed"} & set(value)
+        if owned:
+            raise ValueError(f"cannot set {sorted(owned)}: the loop sets them")
+        try:
+            TrainConfig.model_validate({**STUDENT_RECIPE, **value})
+        except ValidationError as error:
+            raise ValueError(describe(error, TrainConfig)) from None
+        return value
+
+    def teacher_api_key(self) -> str:
+        return os.environ.get(self.teacher_api_key_env, "x")
+
+    def effective(self) -> LoopConfig:
+        """Quick mode: the CI-sized run (fewer iterations, fewer evaluation cases)."""
+        if not self.quick:
+            return self
+        iters = min(self.train.get("iters", STUDENT_RECIPE["iters"]), QUICK_ITERS)
+        return self.replace(
+            train={**self.train, "iters": iters},
+            eval_limit=self.eval_limit or QUICK_EVAL_LIMIT,
+            attempt_tasks=self.attempt_tasks or QUICK_ATTEMPT_TASKS,
+        )
+
+    def train_settings(self, student: Path, data_dir: Path, adapter_dir: Path) -> dict[str, Any]:
+        """The student's TrainConfig settings: the recipe, what follows from its iterations and learning rate,
+        then the [train] table."""
+        recipe = {**STUDENT_RECIPE, **self.train}
+        iters, learning_rate = recipe["iters"], recipe["learning_rate"]
+        derived = {
+            "lr_warmup": min(50, iters // 10),
+            "min_learning_rate": learning_rate / 100,
+            "steps_per_eval": max(iters // 4, 1),
+            "save_every": max(iters // 4, 1),
+        }
+        paths = {"model": str(student), "data": str(data_dir), "adapter": str(adapter_dir), "seed": self.seed}
+        return {**STUDENT_RECIPE, **derived, **self.train, **paths}
+
+    def run_name(self, student: Path) -> str:
+        """`--run`, else derived from the settings: demo-…, quick-…, rounds-…, quick-rounds-…"""
+        if self.run:
+            return self.run
+        kind = {(False, False): "demo", (True, False): "quick", (False, True): "rounds"}.get(
+            (self.quick, self.rounds > 1), "quick-rounds"
+        )
+        return f"{kind}-{self.fingerprint(student)}"
+
+    def fingerprint(self, student: Path | None = None) -> str:
+        # `rounds` is left out so that a run can be extended by more rounds, reusing the ones it has
+        ignored = ("run", "root", "teacher_api_key_env", "rounds")
+        settings = {k: v for k, v in self.to_dict().items() if k not in ignored}
+        if student is not None:
+            settings["student_weights"] = weights_identity(student)
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]

@@ -1,0 +1,227 @@
+"""Rounds ≥ 2 of the flywheel: the student learns from its own successes, and only a better adapter is promoted.
+
+Round k: the best student so far (the last promoted adapter) is served by `mlx_lm server` behind the
+recording proxy, exactly as `python -m flywheel serve` serves it to a user, and attempts tasks `attempts`
+times at `temperature`: by default fresh tasks drawn from the suite's *train* pools for this round (new work,
+as a deployed student meets; the suite's own train tasks, `attempt_on = "train"`, were all solved by the teacher,
+so the student's successes on them repeat the teacher's episodes and dedupe removes them); each episode's
+outcome is its task's own end-state check, written beside the traces (`core.outcomes`, source "check").
+Held-out tasks, and the held-out pools, are never attempted. Curate
+reads every round's traces so far with `require_outcome="success"` (the teacher's episodes and the student's
+successes); adapter k is trained from the base on that data with the round-1 recipe; adapter k and the best
+are evaluated paired on the held-out tasks and round 1's held-out turns (the same cases every round); and
+adapter k replaces the best only by the rule of `flywheel.promote`. Every round's artifacts are kept.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from flywheel.config import LoopConfig
+from flywheel.promote import decide
+from flywheel.steps import curate_round, evaluate_round, train_round
+
+
+def attempt(
+    config: LoopConfig, student: Path, adapter: Path | None, suite, traces: Path, draw: int, console
+) -> dict:
+    """The served student attempts each task `config.attempts` times; outcomes from the tasks' own checks."""
+    from agent.episodes import run_episodes
+    from core.outcomes import append_outcomes, outcome_record
+    from core.trace import read_records
+    from flywheel.serve import serving
+
+    tasks = [task for task in attempted_tasks(suite, config, draw) for _ in range(config.attempts)]
+    traces.mkdir(parents=True)
+    options = {
+        "concurrency": config.attempt_concurrency,
+        "max_steps": config.agent_max_steps + 2,
+        "temperature": config.temperature,
+    }
+    with serving(student, adapter, traces, label=f"round student ({adapter or 'base'})") as served:
+        console.print(f"  student: {served.describe()}")
+        description = (
+            f"attempt · {len(tasks) // config.attempts} {config.attempt_on} tasks × {config.attempts}"
+        )
+        episodes = run_episodes(tasks, served.base_url, "default_model", description=description, **options)
+        if config.attempt_focus:
+            extra = focused_tasks(suite, episodes, config.attempt_focus, draw)
+            description = f"attempt · {len(extra)} more where it failed most"
+            episodes += run_episodes(
+                extra, served.base_url, "default_model", description=description, **options
+            )
+    append_outcomes(
+        traces,
+        [
+            outcome_record(e.session_id, "success" if e.success else "failure", "check", task_id=e.task_id)
+            for e in episodes
+        ],
+    )
+    tried, solved = Counter(e.template for e in episodes), Counter(e.template for e in episodes if e.success)
+    collection = {
+        "policy": served.policy,
+        "episodes": len(episodes),
+        "solved": sum(e.success for e in episodes),
+        "by_template": {t: {"solved": solved[t], "episodes": n} for t, n in sorted(tried.items())},
+        "agent_requests": sum(e.steps for e in episodes),
+        "recorded": len(list(read_records([traces]))),
+        "proxy_summary": served.summary,
+        "attempts": config.attempts,
+        "temperature": config.temperature,
+        "attempt_on": config.attempt_on,
+        "attempt_focus": config.attempt_focus,
+    }
+    (traces / "collection.json").write_text(json.dumps(collection, indent=2) + "\n")
+    console.print(
+        f"  {collection['solved']}/{collection['episodes']} attempts solved: "
+        + ", ".join(f"{t} {v['solved']}/{v['episodes']}" for t, v in collection["by_template"].items())
+    )
+    return {"recorded": collection["recorded"], "solved": collection["solved"]}
+
+
+def attempted_tasks(suite, config: LoopConfig, draw: int) -> list:
+    """What the student attempts in a round: `attempt_tasks` tasks (default: as many as the suite trains on)
+    spread over the train templates: fresh ones from the train pools (`draw` picks them), or the suite's own."""
+    from agent.tasks import fresh_train_tasks
+
+    templates = suite.templates("train")
+    wanted = config.attempt_tasks or len(suite.train)
+    if config.attempt_on == "fresh":
+        per_template = -(-wanted // len(templates))
+        by_template = group_by_template(fresh_train_tasks(suite, per_template, draw))
+    else:
+        by_template = group_by_template(suite.train)
+    chosen = []
+    while len(chosen) < wanted and any(by_template.values()):
+        for queue in by_template.values():
+            if queue and len(chosen) < wanted:
+                chosen.append(queue.pop(0))
+    return chosen
+
+
+def focused_tasks(suite, episodes: list, budget: int, draw: int) -> list:
+    """`budget` more fresh tasks, shared among templates in proportion to how often the student failed them
+    in `episodes` (a template it always solves gets none): where its own successes are rarest and most needed.
+    A template whose train pools hold fewer new prompts gets only those."""
+    from agent.tasks import fresh_train_tasks
+
+    failed = Counter(e.template for e in episodes if not e.success)
+    total = sum(failed.values())
+    if not total:
+        return []
+    shares = {t: round(budget * n / total) for t, n in failed.items()}
+    return fresh_train_tasks(suite, shares, 1000 + draw)
+
+
+def group_by_template(tasks: list) -> dict[str, list]:
+    grouped: dict[str, list] = {}
+    for task in tasks:
+        grouped.setdefault(task.template, []).append(task)
+    return grouped
+
+
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float | None, float | None]:
+    """Wilson score 95% interval of a success rate (None when n = 0)."""
+    if n == 0:
+        return None, None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def side_point(report: dict, side: str) -> dict[str, Any]:
+    """Held-out agent success and exact-call accuracy on call turns of one side of an evaluation, with CIs."""
+    agent = ((report.get("agent") or {}).get(side) or {}).get("summary") or {}
+    n_tasks, solved = agent.get("n_episodes", 0), agent.get("successes", 0)
+    turns = (report.get("turns") or {}).get(side) or {}
+    calls = [c for c in turns.get("cases", []) if c["expected_calls"]]
+    exact = sum(c["code"] == "ok" for c in calls)
+    return {
+        "agent_solved": solved,
+        "agent_tasks": n_tasks,
+        "agent_rate": solved / n_tasks if n_tasks else None,
+        "agent_ci": wilson(solved, n_tasks),
+        "exact_calls": exact,
+        "call_turns": len(calls),
+        "exact_call_rate": exact / len(calls) if calls else None,
+        "exact_call_ci": wilson(exact, len(calls)),
+    }
+
+
+def run_rounds(config: LoopConfig, student: Path, suite, all_paths: list, stages, console):
+    """Rounds 2..N after round 1 (already run); returns (round summaries, best adapter or None, last paths)."""
+    from flywheel.runreport import write_run_report
+
+    first = all_paths[0]
+    test_split = first.data / "test.jsonl"  # every round is scored on the same held-out turns
+    report = json.loads(first.report.read_text())
+    # round 1 is the loop of one round: its adapter is the one in use; the rule is reported, not applied
+    decision = {**decide(report), "promoted": True, "applied": False}
+    best, best_name = first.adapter, "adapter 1"
+    summaries = [round_summary(1, first, report, decision, "base", best)]
+    for paths in all_paths[1:]:
+        k, baseline, baseline_name = paths.number, best, best_name
+        console.rule(f"round {k}: the student's own successes")
+        stages.run(
+            "attempt",
+            f"{k}a the student ({baseline_name}) attempts {config.attempt_on} train-distribution tasks",
+            paths.traces,
+            lambda paths=paths, baseline=baseline, k=k: attempt(
+                config, student, baseline, suite, paths.traces, k, console
+            ),
+        )
+        traces = [p.traces for p in all_paths[:k]]
+        stages.run(
+            "curate",
+            f"{k}b curate (successful episodes of rounds 1-{k})",
+            paths.data,
+            lambda paths=paths, traces=traces: curate_round(
+                traces, paths.data, config, student, console, require_outcome="success"
+            ),
+        )
+        stages.run(
+            "train",
+            f"{k}c train adapter {k}",
+            paths.adapter,
+            lambda paths=paths: train_round(config, student, paths, console),
+        )
+        stages.run(
+            "evaluate",
+            f"{k}d evaluate adapter {k} vs {baseline_name}",
+            paths.report,
+            lambda paths=paths, baseline=baseline: evaluate_round(
+                config, student, paths, test_split, console, baseline
+            ),
+        )
+        report = json.loads(paths.report.read_text())
+        decision = decide(report)
+        if decision["promoted"]:
+            best, best_name = paths.adapter, f"adapter {k}"
+        console.print(f"round {k}: {decision['reason']}")
+        summaries.append(round_summary(k, paths, report, decision, baseline_name, best))
+    write_run_report(config, all_paths[0].report.parent.parent, all_paths[0].report.parent.name, summaries)
+    return summaries, best, all_paths[-1]
+
+
+def round_summary(k: int, paths, report: dict, decision: dict, compared_with: str, best: Path | None) -> dict:
+    collection_file = paths.traces / "collection.json"
+    collection = json.loads(collection_file.read_text()) if collection_file.exists() else {}
+    return {
+        "round": k,
+        "traces": str(paths.traces),
+        "data": str(paths.data),
+        "adapter": str(paths.adapter),
+        "report": str(paths.report),
+        "compared_with": compared_with,
+        "collection": {
+            key: collection.get(key) for key in ("teacher", "episodes", "solved", "by_template", "policy")
+        },
+        "baseline": side_point(report, "baseline"),
+        "candidate": side_point(report, "candidate"),
+        "decision": decision,
+        "best_after": str(best) if best else "base",
+    }

@@ -1,0 +1,89 @@
+"""The steps every round of the loop takes after its traces are collected: curate, train, evaluate.
+
+Each takes the loop's settings and the round's paths (`RoundPaths`: where one round's artifacts go) and returns what its
+stage's completion marker records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from flywheel.config import LoopConfig
+
+
+@dataclass(frozen=True)
+class RoundPaths:
+    number: int
+    traces: Path
+    data: Path
+    adapter: Path
+    report: Path  # the round's evaluation, JSON (the HTML beside it)
+
+
+def round_paths(root: Path, name: str, number: int, several: bool) -> RoundPaths:
+    if not several:
+        return RoundPaths(
+            1,
+            root / "traces" / name,
+            root / "data" / name,
+            root / "adapters" / name,
+            root / "reports" / f"{name}.json",
+        )
+    part = f"round-{number}"
+    return RoundPaths(
+        number,
+        root / "traces" / name / part,
+        root / "data" / name / part,
+        root / "adapters" / name / part,
+        root / "reports" / name / f"{part}.json",
+    )
+
+
+class LoopError(RuntimeError):
+    """A stage could not produce its artifact; the message says which and why."""
+
+
+def curate_round(
+    traces: list[Path], data_dir: Path, config: LoopConfig, student: Path, console, **options
+) -> dict:
+    import curate
+
+    report = curate.run(traces, data_dir, curate.load_config(seed=config.seed, model=str(student), **options))
+    report.print_summary(console)
+    if reason := report.failure_reason():
+        raise LoopError(f"curate: {reason}")
+    return {"split": report.split_counts}
+
+
+def train_round(config: LoopConfig, student: Path, paths: RoundPaths, console) -> dict:
+    import train
+
+    train.run(train.TrainConfig(**config.train_settings(student, paths.data, paths.adapter)), console=console)
+    return {}
+
+
+def evaluate_round(
+    config: LoopConfig,
+    student: Path,
+    paths: RoundPaths,
+    test_split: Path,
+    console,
+    baseline_adapter: Path | None,
+) -> dict:
+    import evaluate
+
+    eval_config = evaluate.EvalConfig(
+        adapter=paths.adapter,
+        model=str(student),
+        baseline_adapter=baseline_adapter,
+        data=test_split,
+        turns=test_split.exists() and test_split.stat().st_size > 0,
+        tasks=config.suite,
+        out_dir=paths.report.parent,
+        name=paths.report.stem,
+        limit=config.eval_limit,
+        agent_max_steps=config.agent_max_steps,
+        seed=config.seed,
+    )
+    evaluate.run(eval_config, console=console)
+    return {}

@@ -1,0 +1,197 @@
+"""`python -m flywheel --rounds N`: the student, served behind the recorder, attempts the train tasks; its
+successful episodes (judged by the tasks' own checks) join the data; a new adapter replaces the one in use only
+when it is measurably better (flywheel.promote). End to end on the tiny student, real components throughout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.outcomes import read_outcomes
+from core.trace import read_records
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def flywheel(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    env = dict(os.environ, COLUMNS="400")
+    result = subprocess.run(
+        [sys.executable, "-m", "flywheel", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def two_rounds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rounds")
+    result = flywheel("--quick", "--rounds", "2", "--root", str(root))
+    (run,) = [p.name for p in (root / "traces").iterdir()]
+    return root, run, result
+
+
+@pytest.mark.timeout(1500)
+def test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report(two_rounds):
+    root, run, result = two_rounds
+    assert run.startswith("quick-rounds-")
+    first, second = (root / "traces" / run / f"round-{k}" for k in (1, 2))
+
+    # round 2's traces are the student's own attempts, served behind the recorder: every record names the
+    # policy that answered (round 1's adapter on the tiny base), every session has its task check's outcome
+    records = list(read_records([second]))
+    assert records
+    adapter_1 = (root / "adapters" / run / "round-1").resolve()
+    for record in records:
+        assert Path(record["policy"]["adapter_path"]).resolve() == adapter_1
+        assert len(record["policy"]["adapter_sha256"]) == 64
+    outcomes = read_outcomes([second])
+    assert {r["session_id"] for r in records} == set(outcomes)
+    collection = json.loads((second / "collection.json").read_text())
+    assert collection["episodes"] == len(outcomes) == 48 * collection["attempts"]  # --quick: 48 train tasks
+    assert collection["solved"] == sum(o["outcome"] == "success" for o in outcomes.values())
+    assert all(o["source"] == "check" for o in read_outcomes([first]).values())
+
+    # round 2's data: the teacher's episodes and the student's successes, failed attempts left out
+    report = json.loads((root / "data" / run / "round-2" / "report.json").read_text())
+    by_outcome = report["by_outcome"]
+    assert set(by_outcome) <= {"success", "failure"}
+    assert by_outcome.get("failure", {"usable": 0})["usable"] == 0
+    assert by_outcome["success"]["usable"] == by_outcome["success"]["exchanges"] > 0
+    assert report["config"]["require_outcome"] == "success"
+
+    # adapter 2 was evaluated against adapter 1 (the one in use) on round 1's held-out turns and the held-out tasks
+    evaluation = json.loads((root / "reports" / run / "round-2.json").read_text())
+    assert evaluation["labels"] == {"candidate": "adapter", "baseline": "baseline adapter"}
+    assert Path(evaluation["adapter"]).resolve() == (root / "adapters" / run / "round-2").resolve()
+    assert Path(evaluation["config"]["baseline_adapter"]).resolve() == adapter_1
+    assert Path(evaluation["data"]).resolve() == (root / "data" / run / "round-1" / "test.jsonl").resolve()
+
+    # the run report: the curve over base, adapter 1, adapter 2, and the decision with its statistics
+    run_report = json.loads((root / "reports" / f"{run}.json").read_text())
+    assert [p["label"] for p in run_report["curve"]] == ["base", "adapter 1", "adapter 2"]
+    decision = run_report["rounds"][1]["decision"]
+    agent_check = decision["checks"][0]
+    assert agent_check["n"] == 6 and "p_one_sided" in agent_check
+    expected_best = "round-2" if decision["promoted"] else "round-1"
+    assert Path(run_report["best"]).name == expected_best
+    html = (root / "reports" / f"{run}.html").read_text()
+    assert "data:image/png;base64," in html and "Promotion decisions" in html
+    assert "round 2: adapter 2 solved" in result.stdout
+
+
+def test_a_rerun_reuses_every_round(two_rounds):
+    root, run, _ = two_rounds
+    again = flywheel("--quick", "--rounds", "2", "--root", str(root), timeout=300)
+    assert again.stderr.count("(reused: complete from an earlier run)") == 8  # 4 stages × 2 rounds
+
+
+def test_the_gate_refuses_a_worse_adapter_and_keeps_the_one_in_use(two_rounds, tmp_path):
+    """A deliberately worse adapter (3 iterations from the base) against adapter 1: not promoted."""
+    from flywheel.promote import decide
+
+    root, run, _ = two_rounds
+    data = root / "data" / run / "round-1"
+    worse = tmp_path / "worse"
+    manifest = json.loads((root / "adapters" / run / "round-1" / "manifest.json").read_text())
+    student = manifest["base_model"]["path"]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "train",
+            "--model",
+            student,
+            "--data",
+            str(data),
+            "--adapter",
+            str(worse),
+            "--fine-tune-type",
+            "lora",
+            "--num-layers",
+            "-1",
+            "--lora-rank",
+            "32",
+            "--lora-scale",
+            "2",
+            "--iters",
+            "3",
+            "--batch-size",
+            "8",
+            "--learning-rate",
+            "1e-3",
+            "--steps-per-eval",
+            "3",
+            "--save-every",
+            "3",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "evaluate",
+            "--adapter",
+            str(worse),
+            "--model",
+            student,
+            "--baseline-adapter",
+            str(root / "adapters" / run / "round-1"),
+            "--data",
+            str(data / "test.jsonl"),
+            "--tasks",
+            "demo",
+            "--limit",
+            "6",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "gate",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    report = json.loads((tmp_path / "gate.json").read_text())
+    decision = decide(report)
+    assert not decision["promoted"]
+    agent = decision["checks"][0]
+    assert not agent["passed"] and agent["candidate"] <= agent["baseline"]
+
+
+def test_focused_attempts_go_where_the_student_failed(suite):
+    from types import SimpleNamespace
+
+    from flywheel.rounds import focused_tasks
+
+    templates = suite.templates("train")
+    solved, half, never = "say_word", "read_value", "create_file"
+    episodes = (
+        [SimpleNamespace(template=solved, success=True)] * 4
+        + [SimpleNamespace(template=half, success=s) for s in (True, False, True, False)]
+        + [SimpleNamespace(template=never, success=False)] * 6
+    )
+    extra = focused_tasks(suite, episodes, 16, draw=1)
+    counts = {t: sum(task.template == t for task in extra) for t in templates}
+    assert counts[solved] == 0
+    assert (counts[half], counts[never]) == (4, 12)
+    own = {task.prompt for task in suite.tasks}
+    assert not own & {task.prompt for task in extra}
+    assert focused_tasks(suite, episodes[:4], 16, draw=1) == []
+    # a template whose train pools are nearly spent gets what they still hold, not an error
+    narrow = [SimpleNamespace(template="find_definition", success=False)]
+    assert 0 < len(focused_tasks(suite, narrow, 50, draw=1)) < 50
