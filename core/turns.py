@@ -63,6 +63,12 @@ SERVER_DROPPED = "(dropped by the server: finish_reason tool_calls without tool_
 Progress = Callable[[int, int], None]
 
 
+def made_call(tool_calls: list | None, unparsed: list | None) -> bool:
+    """THE over-calling test of a turn (over_call_rate counts it on answer turns): a structured call or a call
+    block the parser (or the server) rejected; the agent is sent a call either way."""
+    return bool(tool_calls or unparsed)
+
+
 @dataclass
 class TurnCase:
     index: int
@@ -83,8 +89,7 @@ class TurnCase:
 
     @property
     def called(self) -> bool:
-        """The model made a call: structured, or a call block that was rejected."""
-        return bool(self.turn.tool_calls or self.turn.unparsed)
+        return made_call(self.turn.tool_calls, self.turn.unparsed)
 
     @property
     def reference_tools(self) -> list[str]:

@@ -21,7 +21,8 @@ Turn level: every sample of --data (mlx-lm chat JSONL; the last message is the a
 generated greedily, parsed with the model's own tool parser (as mlx_lm server does) and given one code:
 ok, no_call, unexpected_call, empty_answer, leaked_markup, unparseable, wrong_name, schema_invalid,
 missing_required, unexpected_arg, wrong_value, wrong_count. The headline is exact-call accuracy on the turns
-that call for a tool; abstention accuracy (a real answer where no call is due) is reported apart. Agent
+that call for a tool; over-calling (a call, structured or malformed, where no call is due) is printed next to
+it; abstention accuracy (a real answer where no call is due) is reported apart. Agent
 level: the held-out tasks of --tasks run through the reference agent against `mlx_lm server` (one per side);
 answers are matched as values and tool use must be evidenced. With a baseline, each case is paired:
 McNemar's exact p and a bootstrap 95% CI of the success-rate delta. Every server is checked to serve the
@@ -31,7 +32,8 @@ Settings can live in a TOML file (--config FILE; keys are the setting names, e.g
 out_dir = "reports"); flags override it. Writes OUT/NAME.json, OUT/NAME.html (standalone) and the resolved
 settings OUT/NAME.toml (`--config OUT/NAME.toml` repeats the run). Exit status: 0 ok; 1 a --fail-under
 gate failed (the candidate's exact-call accuracy on call turns < X, or with --fail-under-agent its agent
-task success rate < Y; an unmeasured metric fails); 2 bad input or a server not serving the named model.
+task success rate < Y; an unmeasured metric fails; with a baseline, also a significant rise in over-calling,
+McNemar p < 0.05); 2 bad input or a server not serving the named model.
 """
 
 

@@ -51,11 +51,12 @@ def run_general(config, spec: str | None, *, console=None) -> dict:
         plan, report = plan_sides(config), run(config, console=console)
     else:  # the sides the turn level would score
         plan = plan_sides(config.model_copy(update={"turns": True}))
-        report = {**report_header(config, plan), "regressions": [], "gate": gate(config, None, None)}
+        report = {**report_header(config, plan), "regressions": []}
         report["identity"] = identify(config, plan)
     spec = spec or bfcl.DEFAULT_SPEC
     report["general"] = general_check(config, plan, report["identity"], samples, spec, console=console)
     report["regressions"] += general_regressions(report["general"])
+    report["gate"] = gate(config, report.get("turns"), report.get("agent"), report["general"])
     json_path, html_path = reporting.write_reports(report, config.out_dir)
     toml_path = save(config, config.out_dir / f"{plan.name}.toml", header=f"python -m evaluate: {plan.name}")
     report["paths"] = {"json": str(json_path), "html": str(html_path), "config": str(toml_path)}

@@ -15,7 +15,7 @@ import math
 import random
 from collections.abc import Sequence
 
-from core.turns import LOWER_IS_BETTER
+from core.turns import LOWER_IS_BETTER, made_call
 
 
 def mcnemar_exact(base_only: int, adapter_only: int) -> float:
@@ -99,9 +99,11 @@ WATCHED_CODES = ("leaked_markup", "unparseable", "unexpected_call", "empty_answe
 
 
 def _case_value(case: dict, field: str) -> bool:
-    return (
-        case["code"] == "ok" if field == "ok" else bool(case.get(field))
-    )  # absent in reports older than the field
+    if field == "ok":
+        return case["code"] == "ok"
+    if field == "called" and field not in case:  # a report older than the field
+        return made_call(case.get("tool_calls"), case.get("unparsed"))
+    return bool(case[field])
 
 
 def compare_turns(base: dict, adapter: dict, *, seed: int = 0) -> dict:
@@ -155,12 +157,23 @@ def compare_agent(base: list[dict], adapter: list[dict], *, seed: int = 0) -> di
     return {"success": paired_comparison([b for b, _ in pairs], [a for _, a in pairs], seed=seed)}
 
 
+def got_worse(rate: str, stat: dict | None) -> bool:
+    """A paired rate moved the wrong way: fell, or rose for a rate where lower is better (over_call_rate)."""
+    if not stat or stat["delta"] is None:
+        return False
+    return stat["delta"] > 0 if rate in LOWER_IS_BETTER else stat["delta"] < 0
+
+
+def significantly_worse(rate: str, stat: dict | None, alpha: float = 0.05) -> bool:
+    """The regression rule of every gate: the rate got worse with a two-sided exact McNemar p < alpha."""
+    return got_worse(rate, stat) and stat["mcnemar_p"] < alpha
+
+
 def rate_regressions(paired: dict[str, dict], *, alpha: float = 0.05, where: str = "") -> list[dict]:
     """A flag for every paired rate that got worse: fell, or rose for a rate where lower is better."""
     flags = []
     for rate, stat in paired.items():
-        worse = -1 if rate in LOWER_IS_BETTER else 1
-        if stat["delta"] is not None and stat["delta"] * worse < 0:
+        if got_worse(rate, stat):
             flags.append(
                 {
                     "kind": "rate",
@@ -168,8 +181,8 @@ def rate_regressions(paired: dict[str, dict], *, alpha: float = 0.05, where: str
                     "base": stat["base_rate"],
                     "adapter": stat["adapter_rate"],
                     "p": stat["mcnemar_p"],
-                    "significant": stat["mcnemar_p"] < alpha,
-                    "message": f"{where}{rate} {'rose' if worse < 0 else 'fell'} from {stat['base_rate']:.1%} "
+                    "significant": significantly_worse(rate, stat, alpha),
+                    "message": f"{where}{rate} {'rose' if rate in LOWER_IS_BETTER else 'fell'} from {stat['base_rate']:.1%} "
                     f"to {stat['adapter_rate']:.1%} over {stat['n']} cases (McNemar p={stat['mcnemar_p']:.3g})",
                 }
             )

@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def headline_comparisons(report: dict) -> list[tuple[str, dict]]:
-    """(label, paired comparison) for agent task success and turn-level exact-call accuracy on call turns (the
-    turn-level headline: answer turns, where no call is right, are reported apart in the table)."""
+    """(label, paired comparison) for agent task success, turn-level exact-call accuracy on call turns (the
+    turn-level headline) and over-calling next to it (calls on the turns where no call is right)."""
     rows = []
     agent = ((report.get("agent") or {}).get("comparison") or {}).get("success")
     if agent:
@@ -128,6 +128,8 @@ def headline_comparisons(report: dict) -> list[tuple[str, dict]]:
     turns = ((report.get("turns") or {}).get("comparison") or {}).get("paired") or {}
     if "exact_call_accuracy" in turns:
         rows.append(("held-out call turns, exact tool call", turns["exact_call_accuracy"]))
+    if "over_call_rate" in turns:
+        rows.append(("held-out no-call turns, over-calling (lower is better)", turns["over_call_rate"]))
     return rows
 
 
@@ -141,7 +143,8 @@ def print_outcome(result, seconds: float, console) -> None:
         c = r["candidate"]
         console.print(
             f"round {r['round']}: adapter {r['round']} solved {c['agent_solved']}/{c['agent_tasks']} held-out tasks, "
-            f"{c['exact_calls']}/{c['call_turns']} exact calls vs {r['compared_with']} → "
+            f"{c['exact_calls']}/{c['call_turns']} exact calls, over-calling {c['over_calls']}/{c['answer_turns']} "
+            f"vs {r['compared_with']} → "
             + (
                 "adopted (round 1 is the loop of one round)"
                 if r["round"] == 1

@@ -7,11 +7,16 @@ The rule, applied to an evaluation of the candidate against the current best on 
    p < ALPHA (under "no better", each task that only one side solved is a fair coin; p = P(X >= tasks only the
    candidate solved)).
 2. No significant regression on call turns: exact-call accuracy on held-out call turns does not fall with a
-   two-sided McNemar p < ALPHA.
-3. No significant rise in over-calling: on held-out turns whose right answer is no call, the share where the
-   candidate calls a tool (structured or malformed) does not rise with a two-sided McNemar p < ALPHA.
+   two-sided exact McNemar p < ALPHA.
+3. No significant rise in over-calling: over-calling (`over_call_rate`, defined once in `core.turns`: on held-out
+   turns whose right answer is no call, the share where the model calls a tool, structured or a malformed call
+   block) does not rise with a two-sided exact McNemar p < ALPHA. E.g. 1/12 → 9/12 answer turns with a call
+   (8 turns only the candidate called on, none the other way: p = 2/2^8 = 0.0078) refuses a candidate that
+   solves 19/24 agent tasks instead of 3/24 and keeps every exact call.
 
-All three must hold; a metric with no cases cannot block, and with no agent tasks nothing is promoted.
+Checks 2 and 3 read the evaluation's own paired statistics (`evaluate.stats.compare_turns`) and apply the one
+regression rule of every gate (`evaluate.stats.significantly_worse`). All three must hold; a metric with no
+cases cannot block, and with no agent tasks nothing is promoted.
 """
 
 from __future__ import annotations
@@ -19,9 +24,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from evaluate.stats import mcnemar_exact, paired_comparison
+from evaluate.stats import compare_turns, significantly_worse
 
 ALPHA = 0.05
+# (rate, check) the turn level adds to the rule: the headline, and over-calling next to it
+TURN_CHECKS = (
+    ("exact_call_accuracy", "held-out call turns: exact-call accuracy not significantly lower"),
+    ("over_call_rate", "held-out no-call turns: over-calling not significantly higher"),
+)
 
 
 def mcnemar_one_sided(base_only: int, adapter_only: int) -> float:
@@ -32,22 +42,14 @@ def mcnemar_one_sided(base_only: int, adapter_only: int) -> float:
     return sum(math.comb(n, i) for i in range(adapter_only, n + 1)) / 2**n
 
 
-def over_called(case: dict[str, Any]) -> bool:
-    """A turn whose right answer is no call, answered with a call (structured, or a call block the parser
-    rejected: the agent would have been sent a call either way)."""
-    return not case["expected_calls"] and bool(case["tool_calls"] or case["unparsed"])
-
-
-def over_calling(baseline: dict, candidate: dict) -> dict[str, Any] | None:
-    """Paired over-calling rates on the no-call turns both sides answered (None when there are none)."""
-    pairs = [
-        (over_called(b), over_called(c))
-        for b, c in zip(baseline["cases"], candidate["cases"], strict=True)
-        if not b["expected_calls"]
-    ]
-    if not pairs:
-        return None
-    return paired_comparison([b for b, _ in pairs], [c for _, c in pairs])
+def turn_statistics(turns: dict) -> dict[str, dict]:
+    """The paired turn-level rates of an evaluation; recomputed from its cases for a report written before it
+    had over_call_rate."""
+    paired = (turns.get("comparison") or {}).get("paired") or {}
+    answer_turns = any(not c["expected_calls"] for c in (turns.get("baseline") or {}).get("cases", []))
+    if "over_call_rate" not in paired and answer_turns and turns.get("candidate"):
+        paired = compare_turns(turns["baseline"], turns["candidate"])["paired"]
+    return paired
 
 
 def decide(report: dict[str, Any], alpha: float = ALPHA) -> dict[str, Any]:
@@ -70,35 +72,23 @@ def decide(report: dict[str, Any], alpha: float = ALPHA) -> dict[str, Any]:
         )
     else:
         checks.append({"check": "held-out agent tasks: candidate solves more", "passed": False, "n": 0})
-    turns = report.get("turns") or {}
-    calls = ((turns.get("comparison") or {}).get("paired") or {}).get("exact_call_accuracy")
-    if calls and calls["n"]:
-        worse = calls["delta"] < 0 and calls["mcnemar_p"] < alpha
-        checks.append(
-            {
-                "check": "held-out call turns: exact-call accuracy not significantly lower",
-                "passed": not worse,
-                "p_two_sided": calls["mcnemar_p"],
-                "baseline": calls["base_rate"],
-                "candidate": calls["adapter_rate"],
-                "n": calls["n"],
-            }
-        )
-    overcall = over_calling(turns["baseline"], turns["candidate"]) if turns.get("baseline") else None
-    if overcall:
-        rises = (
-            overcall["delta"] > 0 and mcnemar_exact(overcall["base_only"], overcall["adapter_only"]) < alpha
-        )
-        checks.append(
-            {
-                "check": "held-out no-call turns: over-calling not significantly higher",
-                "passed": not rises,
-                "p_two_sided": overcall["mcnemar_p"],
-                "baseline": overcall["base_rate"],
-                "candidate": overcall["adapter_rate"],
-                "n": overcall["n"],
-            }
-        )
+    paired = turn_statistics(report.get("turns") or {})
+    for rate, check in TURN_CHECKS:
+        stat = paired.get(rate)
+        if stat and stat["n"]:
+            checks.append(
+                {
+                    "check": check,
+                    "rate": rate,
+                    "passed": not significantly_worse(rate, stat, alpha),
+                    "p_two_sided": stat["mcnemar_p"],
+                    "baseline": stat["base_rate"],
+                    "candidate": stat["adapter_rate"],
+                    "n": stat["n"],
+                    "baseline_only": stat["base_only"],
+                    "candidate_only": stat["adapter_only"],
+                }
+            )
     promoted = all(check["passed"] for check in checks)
     failed = [check["check"] for check in checks if not check["passed"]]
     return {

@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from core.turns import made_call
 from flywheel.config import LoopConfig
 from flywheel.promote import decide
 from flywheel.steps import curate_round, evaluate_round, train_round
@@ -134,12 +135,15 @@ def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float | None, f
 
 
 def side_point(report: dict, side: str) -> dict[str, Any]:
-    """Held-out agent success and exact-call accuracy on call turns of one side of an evaluation, with CIs."""
+    """Held-out agent success, exact-call accuracy on call turns and over-calling on no-call turns (a call
+    where none is right, `core.turns.made_call`) of one side of an evaluation, with CIs."""
     agent = ((report.get("agent") or {}).get(side) or {}).get("summary") or {}
     n_tasks, solved = agent.get("n_episodes", 0), agent.get("successes", 0)
     turns = (report.get("turns") or {}).get(side) or {}
     calls = [c for c in turns.get("cases", []) if c["expected_calls"]]
     exact = sum(c["code"] == "ok" for c in calls)
+    answers = [c for c in turns.get("cases", []) if not c["expected_calls"]]
+    over = sum(made_call(c["tool_calls"], c["unparsed"]) for c in answers)
     return {
         "agent_solved": solved,
         "agent_tasks": n_tasks,
@@ -149,6 +153,10 @@ def side_point(report: dict, side: str) -> dict[str, Any]:
         "call_turns": len(calls),
         "exact_call_rate": exact / len(calls) if calls else None,
         "exact_call_ci": wilson(exact, len(calls)),
+        "over_calls": over,
+        "answer_turns": len(answers),
+        "over_call_rate": over / len(answers) if answers else None,
+        "over_call_ci": wilson(over, len(answers)),
     }
 
 

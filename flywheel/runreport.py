@@ -1,6 +1,7 @@
 """The run report of a several-round flywheel: reports/RUN.json (machine) and reports/RUN.html (people): the
-learning curve across rounds (held-out agent success and exact-call accuracy on held-out call turns, each
-with its Wilson 95% interval) and every promotion decision with its statistics."""
+learning curve across rounds (held-out agent success, exact-call accuracy on held-out call turns and, next to
+it, over-calling on held-out no-call turns, each with its Wilson 95% interval) and every promotion decision with
+its statistics."""
 
 from __future__ import annotations
 
@@ -44,8 +45,9 @@ def learning_curve_png(points: list[dict]) -> str:
     for key, ci, label, color in (
         ("agent_rate", "agent_ci", "held-out agent tasks solved", "#2f6fdf"),
         ("exact_call_rate", "exact_call_ci", "held-out call turns, exact call", "#d9822b"),
+        ("over_call_rate", "over_call_ci", "held-out no-call turns, over-calling (lower is better)", "#a33"),
     ):
-        shown = [(x, p) for x, p in zip(xs, points, strict=True) if p[key] is not None]
+        shown = [(x, p) for x, p in zip(xs, points, strict=True) if p.get(key) is not None]
         if not shown:
             continue
         values = [100 * p[key] for _, p in shown]
@@ -92,13 +94,15 @@ def render(run: dict) -> str:
         f"<b>{e(run['best'])}</b> · {e(run['created'])}</p>",
         f"<img alt='learning curve' src='data:image/png;base64,{learning_curve_png(points)}'>",
         "<h2>Each policy on the held-out cases</h2><table><tr><th>policy</th><th>agent tasks solved</th>"
-        "<th>exact calls on call turns</th></tr>",
+        "<th>exact calls on call turns</th><th>over-calling on no-call turns</th></tr>",
     ]
     for p in points:
         out.append(
             f"<tr><td>{e(p['label'])}</td><td class='num'>{p['agent_solved']}/{p['agent_tasks']} "
             f"({_pct(p['agent_rate'])}){_ci(p['agent_ci'])}</td><td class='num'>{p['exact_calls']}/"
-            f"{p['call_turns']} ({_pct(p['exact_call_rate'])}){_ci(p['exact_call_ci'])}</td></tr>"
+            f"{p['call_turns']} ({_pct(p['exact_call_rate'])}){_ci(p['exact_call_ci'])}</td><td class='num'>"
+            f"{p.get('over_calls', '—')}/{p.get('answer_turns', '—')} ({_pct(p.get('over_call_rate'))})"
+            f"{_ci(p.get('over_call_ci'))}</td></tr>"
         )
     out.append(
         "</table><h2>Promotion decisions</h2><table><tr><th>round</th><th>training data from</th>"

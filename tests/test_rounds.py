@@ -87,6 +87,16 @@ def test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report(two_rou
     html = (root / "reports" / f"{run}.html").read_text()
     assert "data:image/png;base64," in html and "Promotion decisions" in html
     assert "round 2: adapter 2 solved" in result.stdout
+    # over-calling next to exact calls, from the evaluation's one rate, and in the gate
+    answer_turns = evaluation["turns"]["candidate"]["n_abstention_cases"]
+    for point in run_report["curve"]:  # the same held-out turns every round
+        assert point["answer_turns"] == answer_turns and 0 <= point["over_calls"] <= answer_turns
+    over_rate = evaluation["turns"]["candidate"]["rates"]["over_call_rate"]
+    assert run_report["curve"][2]["over_call_rate"] == over_rate
+    assert "exact calls, over-calling" in result.stdout and "over-calling on no-call turns" in html
+    if answer_turns:
+        over_check = next(c for c in decision["checks"] if c.get("rate") == "over_call_rate")
+        assert over_check["candidate"] == over_rate and over_check["n"] == answer_turns
 
 
 def test_a_rerun_reuses_every_round(two_rounds):
