@@ -317,7 +317,7 @@ def test_benchmark_requests_through_the_proxy_never_reach_training_data(samples,
     for split in ("train", "valid", "test"):
         path = tmp_path / "data" / f"{split}.jsonl"
         text = path.read_text() if path.exists() else ""
-        assert "bfcl" not in text and general[0]["messages"][0]["content"] not in text
+        assert BENCHMARK_SESSION not in text and general[0]["messages"][0]["content"] not in text
 
 
 # ---------------------------------------------------------------------------------------------- the fetch
