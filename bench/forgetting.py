@@ -58,19 +58,35 @@ def parse_variant(text: str) -> dict[str, str]:
     return pairs
 
 
-def variant_data(data_dir: Path, no_call: str, workdir: Path) -> Path:
-    """The curated data with the no-call training samples kept, removed or doubled (valid/test unchanged)."""
-    if no_call == "keep":
+def turn_samples(path: Path) -> list[dict]:
+    """One sample per supervised turn of a curated file, each with its "where" (curate writes train and valid
+    as whole-session samples: `core.samples.per_turn_samples` expands them)."""
+    from core.samples import per_turn_samples, read_samples
+
+    return [
+        {**turn, "where": f"{sample.where}#{i}"}
+        for sample in read_samples(path)
+        for i, turn in enumerate(per_turn_samples(sample.data))
+    ]
+
+
+def no_call(sample: dict) -> bool:
+    return not sample["messages"][-1].get("tool_calls")
+
+
+def variant_data(data_dir: Path, no_calls: str, workdir: Path) -> Path:
+    """The curated data with the no-call training turns kept, removed or doubled (valid/test unchanged); a
+    variant that changes them trains per-turn samples."""
+    if no_calls == "keep":
         return data_dir
-    if no_call not in ("drop", "double"):
-        raise SystemExit(f"error: no_call={no_call}: expected keep, drop or double")
-    out = workdir / f"{data_dir.name}-no-call-{no_call}"
+    if no_calls not in ("drop", "double"):
+        raise SystemExit(f"error: no_call={no_calls}: expected keep, drop or double")
+    out = workdir / f"{data_dir.name}-no-call-{no_calls}"
     out.mkdir(exist_ok=True)
-    lines = (data_dir / "train.jsonl").read_text().splitlines(keepends=True)
-    no_call_lines = [line for line in lines if not json.loads(line)["messages"][-1].get("tool_calls")]
-    calls = [line for line in lines if line not in no_call_lines]
-    kept = calls if no_call == "drop" else lines + no_call_lines
-    (out / "train.jsonl").write_text("".join(kept))
+    turns = [{k: v for k, v in t.items() if k != "where"} for t in turn_samples(data_dir / "train.jsonl")]
+    calls, answers = [t for t in turns if not no_call(t)], [t for t in turns if no_call(t)]
+    kept = calls + (answers * 2 if no_calls == "double" else [])
+    (out / "train.jsonl").write_text("".join(json.dumps(t) + "\n" for t in kept))
     for split in ("valid", "test"):
         (out / f"{split}.jsonl").write_text((data_dir / f"{split}.jsonl").read_text())
     return out
@@ -137,11 +153,13 @@ def score(model: Path, adapter: Path | None, own: list[dict], general: list[dict
 
 
 def markdown(summary: dict) -> str:
+    from bench.general_check import fmt
+
     categories = list(summary["base"]["general"])
     lines = [
         f"Command: `{summary['command']}`",
         "",
-        f"Training data: `bench/real_model.py`'s curated split ({summary['train_samples']} samples, of which "
+        f"Training data: `bench/real_model.py`'s curated split ({summary['train_samples']} supervised turns, of which "
         f"{summary['no_call_samples']} answer without a call). Per checkpoint, through `mlx_lm server` "
         f"(max_tokens {summary['max_tokens']}): the user's validation turns ({summary['own_n']}; exact calls, "
         f"over-calling on its no-call turns) and BFCL `{summary['slice']}` (disjoint from the reported cases; "
@@ -174,15 +192,10 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def fmt(value) -> str:
-    return "–" if value is None else f"{value:.0%}"
-
-
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     from bench.real_model import resolve_model
-    from core.turns import load_samples
     from evaluate import bfcl
     from train.checkpoint import list_checkpoints
 
@@ -193,18 +206,16 @@ def main(argv: list[str] | None = None) -> dict:
             f"error: {args.workdir}: no curated data; run bench/real_model.py --workdir {args.workdir}"
         )
     data_dir = found[0]
-    own = load_samples(data_dir / "valid.jsonl")
+    own = turn_samples(data_dir / "valid.jsonl")
     general = bfcl.load_samples(args.slice)
     checker = bfcl.load_checker()
-    train_lines = (data_dir / "train.jsonl").read_text().splitlines()
+    train_turns = turn_samples(data_dir / "train.jsonl")
     summary = {
         "command": shlex.join(["uv", "run", "python", "bench/forgetting.py", *argv]),
         "slice": args.slice,
         "max_tokens": args.max_tokens,
-        "train_samples": len(train_lines),
-        "no_call_samples": sum(
-            not json.loads(line)["messages"][-1].get("tool_calls") for line in train_lines
-        ),
+        "train_samples": len(train_turns),
+        "no_call_samples": sum(map(no_call, train_turns)),
         "own_n": len(own),
         "base": score(model, None, own, general, checker, args),
         "variants": {},
@@ -219,12 +230,14 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{name} @ {iteration}: {json.dumps(variant['checkpoints'][iteration])}", flush=True)
         summary["variants"][name] = variant
         (args.workdir / "forgetting.json").write_text(json.dumps(summary, indent=1) + "\n")
-    text = markdown(summary)
-    print(text)
-    if not args.no_report:
-        from bench._report import write_section
+    from bench._report import publish
 
-        write_section("forgetting", "What makes the adapter forget: a training sweep (issue #17)", text)
+    publish(
+        "forgetting",
+        "What makes the adapter forget: a training sweep (issue #17)",
+        markdown(summary),
+        not args.no_report,
+    )
     return summary
 
 

@@ -380,12 +380,14 @@ def main(argv: list[str] | None = None) -> dict:
         summary["own_files"], summary["own"] = own, own_table
     args.workdir.mkdir(parents=True, exist_ok=True)
     (args.workdir / "general-check.json").write_text(json.dumps(summary, indent=1) + "\n")
-    text = markdown(summary)
-    print(text)
-    if not args.no_report:
-        from bench._report import write_section
+    from bench._report import publish
 
-        write_section("general_check", "General function calling: base vs adapter on BFCL (issue #17)", text)
+    publish(
+        "general_check",
+        "General function calling: base vs adapter on BFCL (issue #17)",
+        markdown(summary),
+        not args.no_report,
+    )
     return summary
 
 

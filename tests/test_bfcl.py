@@ -320,6 +320,83 @@ def test_benchmark_requests_through_the_proxy_never_reach_training_data(samples,
         assert BENCHMARK_SESSION not in text and general[0]["messages"][0]["content"] not in text
 
 
+# ---------------------------------------------------------------------------------------------- the bench
+
+
+def own_run(workdir: Path, outcomes: list[bool], solved: list[bool]) -> Path:
+    """A bench/real_model.py summary.json of an adapter in `workdir`: its test-split turns and agent tasks."""
+    cases = [{"where": f"{workdir}/data-4ba22cec05/test.jsonl:{i + 1}", "code": "ok" if ok else "wrong_value"}
+             for i, ok in enumerate(outcomes)]  # fmt: skip
+    episodes = [{"task_id": f"task-{i}", "success": ok} for i, ok in enumerate(solved)]
+    report = {"turns": {"candidate": {"cases": cases}}, "agent": {"candidate": {"episodes": episodes}}}
+    workdir.mkdir(parents=True)
+    (workdir / "real-model.json").write_text(json.dumps(report))
+    summary = {
+        "reports": {"test split": [str(workdir / "real-model.json"), str(workdir / "real-model.html")]}
+    }
+    (workdir / "summary.json").write_text(json.dumps(summary))
+    return workdir / "summary.json"
+
+
+def test_the_bench_measures_the_issue_table_offline(tiny_model, tool_model, tmp_path, monkeypatch, capsys):
+    """bench/general_check.py: base and adapter on BFCL cases, BFCL's checker and ours side by side on the same
+    outputs, over-calling on `irrelevance`, and each adapter's own held-out work from its bench/real_model.py
+    run (in another workdir) paired case by case. Here on the fixture, with the tool-calling tiny model as a
+    full fine-tune "adapter" of the random one."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("general_check", root / "bench" / "general_check.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bfcl, "default_source", lambda: FIXTURE)
+    adapter = tmp_path / "tool-ft"
+    adapter.mkdir()
+    (adapter / "adapters.safetensors").write_bytes((tool_model / "model.safetensors").read_bytes())
+    (adapter / "adapter_config.json").write_text(json.dumps({"fine_tune_type": "full", "num_layers": 2}))
+    before = own_run(tmp_path / "qwen-before", [True, True, False, False], [False] * 3)
+    after = own_run(tmp_path / "qwen-after", [True, True, True, True], [True, False, True])
+    benchmarks = root / "docs" / "BENCHMARKS.md"
+    text_before = benchmarks.read_text()
+    summary = bench.main(["--model", str(tiny_model), "--adapter", f"tuned={adapter}", "--spec",
+                          "simple_python:4,irrelevance:5", "--max-tokens", "48", "--workdir", str(tmp_path / "w"),
+                          "--no-report", "--own", f"before={before}", "--own", f"after={after}"])  # fmt: skip
+    base, tuned = (summary["sides"][side]["categories"] for side in ("base", "tuned"))
+    assert base["irrelevance"] == {
+        **base["irrelevance"],
+        "n": 5,
+        "bfcl": 5,
+        "ours": 5,
+        "calls": 0,
+    }  # never calls
+    assert (
+        tuned["irrelevance"]["calls"] + tuned["irrelevance"]["malformed"] > 0
+    )  # the tool model reaches for one
+    assert summary["sides"]["tuned"]["rates"]["over_call_rate"] > 0
+    for side in (base, tuned):  # each verdict of ours is either agreed or listed as a difference
+        assert all(row["agree"] <= row["n"] for row in side.values())
+    differ = sum(summary["sides"]["tuned"]["differ"].values())
+    assert sum(row["agree"] for row in tuned.values()) + differ == 9
+    own = summary["own"]
+    assert (
+        own["before"]["test split"]["ok"] == 2 and own["after"]["test split"]["n"] == 4
+    )  # paired across workdirs
+    assert own["after"]["test split"]["vs_first"]["mcnemar_p"] == 0.5
+    assert own["after"]["agent tasks"] == {**own["after"]["agent tasks"], "n": 3, "ok": 2}
+    printed = capsys.readouterr().out
+    assert (
+        "| category | base (BFCL checker) | base (ours) | base text calls (BFCL checker) | tuned (BFCL checker)"
+        in printed
+    )
+    assert "| irrelevance | 5/5 | 5/5 | 5/5 |" in printed and "over-calling" in printed
+    assert "| test-split turns with the exact call | 2/4 | 4/4 (McNemar p 0.5 vs before) |" in printed
+    assert (
+        json.loads((tmp_path / "w" / "general-check.json").read_text())["spec"]
+        == "simple_python:4,irrelevance:5"
+    )
+    assert benchmarks.read_text() == text_before  # --no-report
+
+
 # ---------------------------------------------------------------------------------------------- the fetch
 
 

@@ -148,6 +148,11 @@ COVERAGE: dict[str, tuple[str, ...]] = {
         "tests/test_gguf_convert.py::test_real_models_from_pypi",  # slow: downloads ~580 MB from PyPI
         "tests/test_real_model.py::test_smoke_run_on_qwen",  # slow: uses the fetched model
     ),
+    "python bench/general_check.py --adapter after=ADAPTER": (
+        # the full-size run is the Qwen model on 200 cases; the test runs the same script on the tiny models and
+        # the BFCL fixture (a base, an adapter, --own runs, --no-report)
+        "tests/test_bfcl.py::test_the_bench_measures_the_issue_table_offline",
+    ),
     "python bench/real_model.py": (
         # the full-size run takes ~23 min on 2 cores (numbers in docs/BENCHMARKS.md); the slow smoke test runs
         # the same script end to end on the cached Qwen with a few iterations
