@@ -14,6 +14,7 @@ from core.samples import (
     Sample,
     SampleError,
     SpanError,
+    assistant_turns,
     check_sample,
     per_turn_samples,
     session_sample,
@@ -75,7 +76,7 @@ def test_spans_are_the_per_turn_completions(tokenizer):
 def test_session_format_is_checked():
     session = sessions(1, 5)[0]
     assert check_sample(session, "s.jsonl:1").is_session
-    with pytest.raises(SampleError, match=r"s\.jsonl:2: 'supervise' must be 'all_assistant_turns'"):
+    with pytest.raises(SampleError, match=r"s\.jsonl:2: 'supervise' must be 'all_assistant_turns' or a list"):
         check_sample({**session, SUPERVISE: "all"}, "s.jsonl:2")
     broken = json.loads(json.dumps(session))
     broken["messages"][2]["tool_calls"][0]["function"].pop("name")
@@ -84,6 +85,52 @@ def test_session_format_is_checked():
     turns = Sample("s.jsonl:1", session).per_turn()
     assert [t.where for t in turns][:2] == ["s.jsonl:1 turn 1", "s.jsonl:1 turn 2"]
     assert all(t.reference["role"] == "assistant" for t in turns)
+
+
+def supervising(session: dict, turns: list[int]) -> dict:
+    """The session cut after its last supervised turn, supervising only the assistant messages at `turns`
+    (as curate writes a trajectory some of whose turns it did not keep)."""
+    return session_sample(session["messages"][: turns[-1] + 1], session["tools"], turns)
+
+
+def test_a_session_can_name_the_turns_it_supervises(tokenizer):
+    session = sessions(1, 13, parts=4)[0]
+    every = assistant_turns(session)
+    chosen = supervising(session, [every[1], every[2]])  # not the first, and cut after the third
+    assert check_sample(chosen, "s.jsonl:1").is_session and assistant_turns(chosen) == every[1:3]
+    turns = per_turn_samples(chosen)
+    assert turns == [t for t in per_turn_samples(session) if len(t["messages"]) - 1 in every[1:3]]
+    found = supervised_spans(tokenizer, chosen)
+    whole = supervised_spans(tokenizer, session)
+    assert found.spans == whole.spans[1:3]  # the same tokens as in the whole session, the others masked
+    assert found.tokens == whole.tokens[: len(found.tokens)] and found.spans[-1][1] == len(found.tokens)
+    for turn, (start, end) in zip(turns, found.spans, strict=True):
+        assert tokenizer.decode(found.tokens[start:end]) == completion_text(
+            tokenizer, turn["messages"], turn["tools"]
+        )
+    # a turn left out is context, never a target: one supervised turn in the middle of a longer session
+    middle = session_sample(session["messages"], session["tools"], [every[1]])
+    ((start, end),) = supervised_spans(tokenizer, middle).spans
+    assert (start, end) == whole.spans[1] and end < len(whole.tokens)
+    assert [t.where for t in Sample("s.jsonl:4", middle).per_turn()] == ["s.jsonl:4 turn 1"]
+
+
+@pytest.mark.parametrize(
+    ("supervise", "message"),
+    [
+        ([], r"'supervise' must be 'all_assistant_turns' or a list of assistant message indices, got \[\]"),
+        ("2", r"'supervise' must be 'all_assistant_turns' or a list of assistant message indices"),
+        ([2, 99], r"supervise\[1\] = 99 is not an index of 'messages'"),
+        ([2, True], r"supervise\[1\] = True is not an index"),
+        ([1], r"supervise\[0\] = 1: messages\[1\] has role 'user', not 'assistant'"),
+        ([4, 2], r"'supervise' must be increasing, got \[4, 2\]"),
+        ([2, 2], r"'supervise' must be increasing"),
+    ],
+)
+def test_named_turns_are_checked(supervise, message):
+    session = sessions(1, 14)[0]
+    with pytest.raises(SampleError, match=r"^s\.jsonl:7: " + message):
+        check_sample({**session, SUPERVISE: supervise}, "s.jsonl:7")
 
 
 @pytest.fixture(scope="module")
