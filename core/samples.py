@@ -201,6 +201,11 @@ class SpanError(ValueError):
         self.reason = reason
 
 
+def too_long(max_seq_length: int) -> str:
+    """Why a session sample longer than max_seq_length is trained as its per-turn samples."""
+    return f"longer than max_seq_length {max_seq_length}"
+
+
 @dataclass(frozen=True)
 class Supervision:
     """A sample's tokens as the server renders them, and the [start, end) token ranges that the loss counts."""

@@ -85,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-final-answers", action="store_true", help="make samples only of tool-calling turns"
     )
+    parser.add_argument(
+        "--per-turn",
+        action="store_true",
+        help="train/valid: one sample per assistant turn (what plain `mlx_lm lora` trains on) instead of "
+        "one per trajectory supervising its kept turns",
+    )
     parser.add_argument("--markers-file", help="extra marker regexes, one per line (added to the defaults)")
     parser.add_argument(
         "--workers", type=int, help="pass-1 processes (default: one per core for inputs over 64 MB)"
@@ -108,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             args.config,
             **flag_overrides(args, Config),
             include_final_answers=False if args.no_final_answers else None,
+            sessions=False if args.per_turn else None,
             progress=False if args.quiet else None,
         )
         if args.markers_file:

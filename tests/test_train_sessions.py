@@ -256,3 +256,47 @@ def test_preflight_checks_every_turn_of_a_session(tmp_path, tiny_model):
         train.run(config)
     assert str(error.value).startswith(f"{data / 'train.jsonl'}:3 turn {turn}: tool call does not round-trip")
     assert not (tmp_path / "a").exists()
+
+
+def test_train_on_curated_sessions_supervises_exactly_the_kept_turns(tmp_path, tiny_model):
+    """curate's default output (a session line per trajectory, supervising the turns it kept: here not a
+    failed call) trains whole: the manifest counts the sessions and turns curate's report counts."""
+    from test_curate import agent_loop, assistant, call, write_lines
+
+    import curate
+    import train
+
+    records = []
+    for i in range(8):
+        crash = call("run_command", {"command": "pytest", "args": [f"t{i}"]}, f"r{i}")
+        replies = [
+            assistant(call("read_file", {"path": f"m{i}.py"}, f"c{i}")),
+            assistant(crash),  # answered by an error: not kept, stays as context
+            assistant(call("read_file", {"path": f"n{i}.py"}, f"d{i}")),
+            assistant(content=f"Done {i}."),
+        ]
+        records += agent_loop(f"Check m{i}.py.", replies, f"s{i}", results={f"r{i}": "Error: failed"})
+    write_lines(tmp_path / "traces" / "a.jsonl", records)
+    report = curate.run(
+        [tmp_path / "traces"],
+        tmp_path / "data",
+        curate.Config(progress=False, model=str(tiny_model), split=(0.75, 0.25, 0.0)),
+    )
+    sessions = report.data["sessions"]
+    assert sessions["whole"] == 8 and sessions["turns_in_sessions"] == 8 * 3 and not sessions["fallbacks"]
+    line = json.loads((tmp_path / "data" / "train.jsonl").read_text().splitlines()[0])
+    failed = next(
+        i for i, m in enumerate(line["messages"]) if "run_command" in json.dumps(m.get("tool_calls"))
+    )
+    assert failed not in line["supervise"] and len(line["supervise"]) == 3
+
+    adapter = train.run(
+        train.TrainConfig(
+            model=str(tiny_model), data=str(tmp_path / "data"), adapter=str(tmp_path / "a"), **SMALL_RUN
+        )
+    )
+    lengths = json.loads((adapter / "manifest.json").read_text())["preflight"]["lengths"]
+    for split in ("train", "valid"):
+        counted = sessions["by_split"][split]
+        assert lengths[split]["sessions"]["whole"] == counted["sessions"] == lengths[split]["samples"]
+        assert lengths[split]["sessions"]["turns_whole"] == counted["turns"] == report.split_counts[split]
