@@ -11,7 +11,9 @@ example:
   python -m curate traces/run1.jsonl traces/run2.jsonl data/ --model ~/.cache/flywheel/tool-calling --max-seq-length 1024
 
 writes OUT_DIR/train.jsonl, valid.jsonl, test.jsonl (mlx-lm chat format: {"messages", "tools", "meta"};
-assistant tool calls OpenAI-shaped with arguments as JSON objects), rejects.jsonl (every rejected or
+assistant tool calls OpenAI-shaped with arguments as JSON objects; a sample is one assistant turn, and train
+and valid hold one line per trajectory, "supervise" naming the turns kept of it: --per-turn writes one line
+per sample, for plain `mlx_lm lora`), rejects.jsonl (every rejected or
 deduplicated line and sample with its reason and file:line), report.json (the funnel, stage by stage) and
 curate.toml (the resolved settings: --config OUT_DIR/curate.toml repeats the run). Splits are by task:
 samples of one session, of one task (normalised first user message + tool names) or exact duplicates of
