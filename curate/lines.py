@@ -161,35 +161,40 @@ def write_lines(lines: pl.LazyFrame, path: Path) -> None:
 
 
 def session_lines(heads: pl.DataFrame, spill_files: list[Path]) -> pl.LazyFrame:
-    """x, split, first, line of each head's session sample (the body of its last turn's spilled parts)."""
-    bodies = pl.scan_parquet(spill_files).select("sid", "body")
+    """x, split, line of each head's session sample, streamed in the spill's order (the body of its last
+    turn's spilled parts)."""
     return (
-        heads.lazy()
-        .join(bodies, on="sid", maintain_order="left")
-        .select("x", "split", "first", line=session_line())
+        pl.scan_parquet(spill_files)
+        .select("sid", "body")
+        .join(heads.lazy(), on="sid", maintain_order="left")
+        .select("x", "split", line=session_line())
     )
 
 
 def write_splits(
     kept: pl.DataFrame, spill_files: list[Path], out_dir: Path, whole: pl.DataFrame | None = None
 ) -> dict[str, str]:
-    """Stream the lines of the kept samples (sid, x, split) into OUT/{train,valid,test}.jsonl in sample order:
-    one session line per head of `whole` (curate.sessions), one per-turn line per other kept sample. A split
-    without samples has no file (mlx-lm's loader fails on an empty one), and a stale file from an earlier run
-    goes too."""
+    """Stream the lines of the kept samples (sid, x, split) into OUT/{train,valid,test}.jsonl: a per-turn line
+    per kept sample, then a session line per head of `whole` (curate.sessions) instead of its samples' lines;
+    each part in sample order, never sorted in memory. A split without samples has no file (mlx-lm's loader
+    fails on an empty one), and a stale file from an earlier run goes too."""
     written = {}
     for split in SPLITS:
         path = out_dir / f"{split}.jsonl"
         chosen = kept.filter(pl.col("split") == split).select("sid", "x")
-        sessions = whole.filter(pl.col("split") == split) if whole is not None else None
+        sessions = whole.filter(pl.col("split") == split) if whole is not None else whole
         if sessions is not None:
             chosen = chosen.join(sessions.select("x"), on="x", how="anti")
-        if chosen.height or (sessions is not None and sessions.height):
-            turns = pl.scan_parquet(spill_files).join(chosen.lazy().select("sid"), on="sid")
-            parts = [turns.select(first="sid", line=turn_line())]
-            if sessions is not None and sessions.height:
-                parts.append(session_lines(sessions, spill_files).select("first", "line"))
-            write_lines(pl.concat(parts).sort("first").select("line"), path)
+        parts = []
+        if chosen.height:
+            turns = pl.scan_parquet(spill_files).join(
+                chosen.lazy().select("sid"), on="sid", maintain_order="left"
+            )
+            parts.append(turns.select(line=turn_line()))
+        if sessions is not None and sessions.height:
+            parts.append(session_lines(sessions, spill_files).select("line"))
+        if parts:
+            write_lines(pl.concat(parts), path)
             written[split] = str(path)
         elif path.exists():
             path.unlink()

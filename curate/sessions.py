@@ -30,13 +30,13 @@ class Layout:
     """The session lines to write (`whole`: one row per head, None with sessions off) and what became of the
     other heads, for the report."""
 
-    whole: pl.DataFrame | None  # x, split, first/sid (its first/last turn), supervise, session_id, head, turns
+    whole: pl.DataFrame | None  # x, split, sid (its last turn), supervise, session_id, head, turns, n
     summary: dict[str, Any] = field(default_factory=dict)
 
 
 def session_heads(kept: pl.DataFrame, where: pl.DataFrame) -> pl.DataFrame:
-    """Per train/valid head: its split, the sids of its first and last kept turns, `supervise` (the kept
-    turns' message indices) and the meta of each turn; with `n` turns."""
+    """Per train/valid head: its split, the sid of its last kept turn, `supervise` (the kept turns' message
+    indices) and the meta of each turn; with `n` turns."""
     chosen = kept.lazy().filter(pl.col("split").is_in(SESSION_SPLITS))
     return (
         located(chosen, where)
@@ -44,7 +44,6 @@ def session_heads(kept: pl.DataFrame, where: pl.DataFrame) -> pl.DataFrame:
         .group_by("x", maintain_order=True)
         .agg(
             pl.col("split", "session_id", "head").first(),
-            first=pl.col("sid").first(),
             sid=pl.col("sid").last(),
             supervise=pl.col("pos"),
             turns=pl.struct(turn="pos", source="source", kind="kind"),

@@ -112,6 +112,11 @@ def per_turn_lines(sample: dict) -> list[dict]:
     ]
 
 
+def in_order(samples: list[dict]) -> list[dict]:
+    """Samples by head and turn (a split file holds its per-turn lines, then its session lines)."""
+    return sorted(samples, key=lambda s: (s["meta"]["head"], s["meta"]["turn"]))
+
+
 def read_samples(out: Path, splits=("train", "valid", "test")) -> list[dict]:
     """Every sample written, one per supervised turn."""
     return [
@@ -146,7 +151,7 @@ def run_curate(tmp_path: Path, items, name="traces/a.jsonl", **config):
         )
         for split in ("train", "valid", "test"):
             expected = read_jsonl(tmp_path / "per-turn" / f"{split}.jsonl")
-            assert read_samples(out, [split]) == expected, split
+            assert in_order(read_samples(out, [split])) == in_order(expected), split
             assert report.data["split"]["lines"][split] == sum(1 for _ in read_jsonl(out / f"{split}.jsonl"))
             assert per_turn.data["split"]["lines"][split] == len(expected)
         assert (out / "test.jsonl").exists() == (tmp_path / "per-turn" / "test.jsonl").exists()

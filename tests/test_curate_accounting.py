@@ -18,6 +18,7 @@ from test_curate import (
     assistant,
     call,
     exchange,
+    in_order,
     per_turn_lines,
     read_jsonl,
     run_curate,
@@ -291,7 +292,7 @@ def test_per_turn_flag_writes_what_plain_mlx_lm_trains_on(tmp_path):
     for split in ("train", "valid"):
         whole = read_jsonl(tmp_path / "sessions" / f"{split}.jsonl")
         per_turn = read_jsonl(tmp_path / "per-turn" / f"{split}.jsonl")
-        assert [t for line in whole for t in per_turn_lines(line)] == per_turn
+        assert in_order([t for line in whole for t in per_turn_lines(line)]) == in_order(per_turn)
         lines["sessions"] += whole
         lines["per-turn"] += per_turn
     assert sum("supervise" in line for line in lines["sessions"]) == sessions["whole"]

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_curate import read_samples
+from test_curate import in_order, read_samples
 
 import curate
 from agent.tools import AGENT_TOOLS
@@ -342,7 +342,7 @@ def test_sessions_are_checked_with_the_model_and_fall_back_per_trajectory(
     assert len(lines) == dropping.data["split"]["lines"]["train"] == 3 + 3
     assert {line["meta"]["session_id"] for line in lines if "supervise" not in line} == {"s0"}
     # the same samples, as the per-turn run writes them; the funnel and every fate unchanged
-    assert written_samples(tmp_path / "dropping") == written_samples(tmp_path / "plain")
+    assert in_order(written_samples(tmp_path / "dropping")) == in_order(written_samples(tmp_path / "plain"))
     assert dropping.data["samples"] == plain.data["samples"]
     assert "1 fell back to per-turn samples (3 samples)" in sessions_line(sessions)
 
