@@ -11,7 +11,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.samples import Sample, SampleError, SpanError, read_samples, sample_tokens, supervised_spans
+from core.samples import (
+    Sample,
+    SampleError,
+    SpanError,
+    read_samples,
+    sample_tokens,
+    supervised_spans,
+    too_long,
+)
 
 SPLITS = ("train", "valid")
 
@@ -149,7 +157,7 @@ def tokenize_split(
                 reason = error.reason
             else:
                 if len(item.tokens) > max_seq_length:
-                    reason = f"longer than max_seq_length {max_seq_length}"
+                    reason = too_long(max_seq_length)
         if reason is None:
             items.append(item)
             report.whole += 1
