@@ -26,12 +26,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+from agent.actions import Answer, Call, Step, solve
 from agent.tasks import NUMBER, Task
-
-if TYPE_CHECKING:
-    from agent.teacher import Answer, Call, Step
 
 WORD = re.compile(r"[A-Za-z_][\w.-]*")
 GUESSES = [str(n) for n in range(21)]  # small counts: what a "how many lines" guess would list
@@ -46,12 +43,6 @@ GARBAGE = (
     ("list_files", {"path": "/dev/null/x"}),
     ("run_command", {"command": "%%%", "args": ["@@@"]}),
 )
-
-
-def _teacher():
-    from agent import teacher  # the action types live with the teacher, which imports this module
-
-    return teacher
 
 
 def unique(items) -> list[str]:
@@ -70,7 +61,7 @@ def candidate_list(task: Task | None, steps: list[Step], from_results: bool = Fa
 
 def solution(task: Task | None, steps: list[Step]) -> Call | Answer:
     """What the scripted demonstrator would do next."""
-    return _teacher().next_action("solve", task, steps)
+    return solve(task, steps)
 
 
 def call_as_text(name: str, arguments: dict) -> str:
@@ -88,48 +79,48 @@ def near_twin(arguments: dict) -> dict:
 
 
 def candidates(task, steps):
-    return _teacher().Answer(candidate_list(task, steps))
+    return Answer(candidate_list(task, steps))
 
 
 def empty(task, steps):
-    return _teacher().Answer("")
+    return Answer("")
 
 
 def whitespace(task, steps):
-    return _teacher().Answer(" \n\t \n")
+    return Answer(" \n\t \n")
 
 
 def garbage(task, steps):
     if len(steps) < len(GARBAGE):
-        return _teacher().Call(*GARBAGE[len(steps)])
+        return Call(*GARBAGE[len(steps)])
     return candidates(task, steps)
 
 
 def right_tool(task, steps):
     first = solution(task, [])
-    if not steps and isinstance(first, _teacher().Call):
-        return _teacher().Call(first.name, near_twin(first.arguments))
+    if not steps and isinstance(first, Call):
+        return Call(first.name, near_twin(first.arguments))
     return candidates(task, steps)
 
 
 def repeat(task, steps):
-    return _teacher().Call(*REPEATED)
+    return Call(*REPEATED)
 
 
 def call_text(task, steps):
     action = solution(task, steps)
-    if not isinstance(action, _teacher().Call):
+    if not isinstance(action, Call):
         action = solution(task, [])
-    if not isinstance(action, _teacher().Call):
-        action = _teacher().Call("list_files", {"path": "."})
-    return _teacher().Answer(call_as_text(action.name, action.arguments))
+    if not isinstance(action, Call):
+        action = Call("list_files", {"path": "."})
+    return Answer(call_as_text(action.name, action.arguments))
 
 
 def right_call(task, steps):
     action = solution(task, steps)
-    if isinstance(action, _teacher().Call) and action.name != "write_file":
+    if isinstance(action, Call) and action.name != "write_file":
         return action
-    return _teacher().Answer(candidate_list(task, steps, from_results=True))
+    return Answer(candidate_list(task, steps, from_results=True))
 
 
 ADVERSARIES: dict[str, Callable] = {

@@ -162,16 +162,17 @@ def leaked_prompts(data_dir: Path, held_out_tasks: list) -> list[str]:
 
 
 def token_stats(model: Path, data_dir: Path) -> dict:
-    """Tokens per training sample with the model's template, and how much of every prompt is shared."""
-    from core.toolcalls import load_tokenizer, prompt_tokens
+    """Tokens per training sample with the model's template, how many of them are supervised (every
+    supervised turn of a session sample), and how much of every prompt is shared."""
+    from core.samples import supervised_spans
+    from core.toolcalls import load_tokenizer
 
     tokenizer = load_tokenizer(model)
-    totals, prompts = [], []
-    for line in (data_dir / "train.jsonl").read_text().splitlines():
-        sample = json.loads(line)
-        totals.append(len(tokenizer.apply_chat_template(sample["messages"], tools=sample.get("tools"))))
-        prompts.append(prompt_tokens(tokenizer, sample["messages"][:-1], sample.get("tools")))
-    supervised = [total - len(prompt) for total, prompt in zip(totals, prompts, strict=True)]
+    found = [
+        supervised_spans(tokenizer, json.loads(line))
+        for line in (data_dir / "train.jsonl").read_text().splitlines()
+    ]
+    totals, supervised = [len(f.tokens) for f in found], [f.supervised for f in found]
     return {
         "samples": len(totals),
         "tokens_mean": round(statistics.mean(totals), 1),
@@ -179,7 +180,8 @@ def token_stats(model: Path, data_dir: Path) -> dict:
         "tokens_max": max(totals),
         "supervised_mean": round(statistics.mean(supervised), 1),
         "supervised_max": max(supervised),
-        "shared_prompt_prefix": len(os.path.commonprefix(prompts)),  # works on token lists too
+        # the tokens before every sample's first supervised turn (works on token lists too)
+        "shared_prompt_prefix": len(os.path.commonprefix([f.tokens[: f.spans[0][0]] for f in found])),
     }
 
 

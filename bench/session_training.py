@@ -5,8 +5,9 @@
 
 Two data sets, each trained both ways in this run with `train.run` on the same session samples
 (`core.samples`, `"supervise": "all_assistant_turns"`): `sessions = "per-turn"` trains each assistant turn as
-its own sample (what curate emits today and `mlx_lm lora` trains: the history before a turn is repeated in
-every later turn's sample), `sessions = "whole"` trains each trajectory once with every turn supervised.
+its own sample (what curate's `--per-turn` writes and `mlx_lm lora` trains: the history before a turn is
+repeated in every later turn's sample), `sessions = "whole"` trains each trajectory once with every turn
+supervised.
 
 - Punie-like sessions, generated here: an agent whose every request carries a ~20,000-character system prompt
   (Python stubs of the functions its `execute_code` tool may call) and 8 tools (`strict`, `anyOf` parameters),
@@ -14,8 +15,8 @@ every later turn's sample), `sessions = "whole"` trains each trajectory once wit
   tokenizer (`models.tiny`): its tool listing is one short line per tool, so the system prompt dominates.
 - The demo's data: `python -m flywheel --quick`'s collect and curate stages (the scripted teacher on the demo
   suite's train tasks, through the real proxy, curated with the tiny base student), rendered with that
-  student (`models.tinybase`). Curate emits per-turn samples; a session here is each sample that no other
-  extends (its last turn), with every assistant turn in it supervised.
+  student (`models.tinybase`). Curate writes per-turn samples here (`sessions = false`); a session is each
+  sample that no other extends (its last turn), with every assistant turn in it supervised.
 
 Tokens processed = batch rows × padded width summed over one epoch's batches (what the model computes);
 sequence tokens = the same without padding. Train time per epoch = the step times mlx-lm's trainer reports
@@ -293,7 +294,9 @@ def demo_data(work: Path, console) -> tuple[list[dict], Path, dict]:
     traces = work / "traces"
     traces.mkdir(parents=True)
     collection = collect(config, load_suite(config.suite), traces, console)
-    report = curate.run([traces], work / "data", curate.load_config(seed=config.seed, model=str(student)))
+    # per-turn lines (sessions = false), grouped back into sessions here the same way for both modes
+    settings = curate.load_config(seed=config.seed, model=str(student), sessions=False)
+    report = curate.run([traces], work / "data", settings)
     if reason := report.failure_reason():
         raise SystemExit(f"curate: {reason}")
     samples = [s.data for s in read_samples(work / "data" / "train.jsonl")]

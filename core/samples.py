@@ -4,12 +4,14 @@ evaluate read them here, so a malformed line gets the same one-line error, namin
 Two kinds, told apart by one top-level key:
 - a per-turn sample (no key): the last message is the assistant turn that training supervises and evaluation
   scores; everything before it is the prompt (mlx-lm's ChatDataset with `mask_prompt`).
-- a session sample, `"supervise": "all_assistant_turns"`: one whole trajectory in which every assistant message
-  is supervised exactly once and everything else is masked. It stands for the per-turn samples of its assistant
-  turns (`per_turn_samples`) at the cost of one sequence instead of one per turn; `supervised_spans` says which
-  tokens those turns are, and only exists when the chat template renders each turn's generation prompt as a
-  token prefix of the whole (a template that rewrites earlier turns gets per-turn samples instead). Plain
-  `mlx_lm lora` ignores the key and supervises only the last turn: give it `per_turn_samples`.
+- a session sample, `"supervise": "all_assistant_turns"` or a list of message indices (`[2, 6, 8]`, each an
+  assistant message, increasing): one whole trajectory in which those assistant turns are supervised exactly
+  once and everything else is masked (a turn left out, e.g. a failed call, stays as context). It stands for the
+  per-turn samples of its supervised turns (`per_turn_samples`) at the cost of one sequence instead of one per
+  turn; `supervised_spans` says which tokens those turns are, and only exists when the chat template renders
+  each turn's generation prompt as a token prefix of the whole (a template that rewrites earlier turns gets
+  per-turn samples instead). Plain `mlx_lm lora` ignores the key and supervises only the last turn: give it
+  `per_turn_samples`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 BENCHMARK_KEY = "benchmark"
 BENCHMARK_SESSION = "flywheel-benchmark:"
 SUPERVISE = "supervise"  # top-level key of a session sample
-ALL_ASSISTANT_TURNS = "all_assistant_turns"  # its one value: every assistant message is supervised
+ALL_ASSISTANT_TURNS = "all_assistant_turns"  # every assistant message is supervised (else: a list of indices)
 
 
 class SampleError(ValueError):
@@ -69,21 +71,27 @@ class Sample:
 
 
 def is_session(data: dict[str, Any]) -> bool:
-    return data.get(SUPERVISE) == ALL_ASSISTANT_TURNS
+    return SUPERVISE in data
 
 
 def session_sample(
-    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+    turns: list[int] | None = None,
 ) -> dict[str, Any]:
-    """A whole trajectory as one sample whose every assistant message is supervised."""
-    return {"messages": messages, "tools": tools or [], SUPERVISE: ALL_ASSISTANT_TURNS}
+    """A whole trajectory as one sample supervising the assistant messages at `turns` (None: all of them)."""
+    supervise = ALL_ASSISTANT_TURNS if turns is None else list(turns)
+    return {"messages": messages, "tools": tools or [], SUPERVISE: supervise}
 
 
 def assistant_turns(data: dict[str, Any]) -> list[int]:
-    """Indices of the supervised messages: every assistant message of a session sample, else the last one."""
+    """Indices of the supervised messages: the named ones or every assistant message of a session sample,
+    else the last one."""
     messages = data["messages"]
     if not is_session(data):
         return [len(messages) - 1]
+    if isinstance(data[SUPERVISE], list):
+        return list(data[SUPERVISE])
     return [i for i, message in enumerate(messages) if message.get("role") == "assistant"]
 
 
@@ -112,8 +120,8 @@ def check_sample(data: Any, where: str) -> Sample:
         raise SampleError(
             f"{where}: the last message has role {final['role']!r}; it must be the assistant turn"
         )
-    if SUPERVISE in data and data[SUPERVISE] != ALL_ASSISTANT_TURNS:
-        raise SampleError(f"{where}: {SUPERVISE!r} must be {ALL_ASSISTANT_TURNS!r}, got {data[SUPERVISE]!r}")
+    if SUPERVISE in data:
+        check_supervise(data[SUPERVISE], messages, where)
     for turn in assistant_turns(data):
         name = "messages[-1]" if turn == len(messages) - 1 else f"messages[{turn}]"
         for i, call in enumerate(messages[turn].get("tool_calls") or []):
@@ -124,6 +132,25 @@ def check_sample(data: Any, where: str) -> Sample:
     if tools is not None and not isinstance(tools, list):
         raise SampleError(f"{where}: 'tools' must be a list of tool definitions")
     return Sample(where, data)
+
+
+def check_supervise(supervise: Any, messages: list[dict[str, Any]], where: str) -> None:
+    """`supervise` is "all_assistant_turns" or increasing indices of assistant messages; SampleError if not."""
+    if supervise == ALL_ASSISTANT_TURNS:
+        return
+    expected = f"{SUPERVISE!r} must be {ALL_ASSISTANT_TURNS!r} or a list of assistant message indices"
+    if not isinstance(supervise, list) or not supervise:
+        raise SampleError(f"{where}: {expected}, got {supervise!r}")
+    for k, turn in enumerate(supervise):
+        if type(turn) is not int or not 0 <= turn < len(messages):
+            raise SampleError(f"{where}: {SUPERVISE}[{k}] = {turn!r} is not an index of 'messages'")
+        if messages[turn]["role"] != "assistant":
+            raise SampleError(
+                f"{where}: {SUPERVISE}[{k}] = {turn}: messages[{turn}] has role {messages[turn]['role']!r}, "
+                "not 'assistant'"
+            )
+        if k and turn <= supervise[k - 1]:
+            raise SampleError(f"{where}: {SUPERVISE!r} must be increasing, got {supervise!r}")
 
 
 def read_samples(path: Path | str) -> list[Sample]:
@@ -179,6 +206,11 @@ class SpanError(ValueError):
         self.reason = reason
 
 
+def too_long(max_seq_length: int) -> str:
+    """Why a session sample longer than max_seq_length is trained as its per-turn samples."""
+    return f"longer than max_seq_length {max_seq_length}"
+
+
 @dataclass(frozen=True)
 class Supervision:
     """A sample's tokens as the server renders them, and the [start, end) token ranges that the loss counts."""
@@ -210,7 +242,8 @@ def supervised_spans(tokenizer, data: dict[str, Any]) -> Supervision:
     spans: list[tuple[int, int]] = []
     turns = assistant_turns(data)
     for k, turn in enumerate(turns, 1):
-        which = "the final assistant turn" if len(turns) == 1 else f"assistant turn {k} (messages[{turn}])"
+        final = len(turns) == 1 and turn == len(messages) - 1
+        which = "the final assistant turn" if final else f"assistant turn {k} (messages[{turn}])"
         prompt = tokens_of(turn, prompt=True)
         upto = whole if turn == len(messages) - 1 else tokens_of(turn + 1)
         if whole[: len(prompt)] != prompt or whole[: len(upto)] != upto:

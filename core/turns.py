@@ -164,8 +164,9 @@ def _call_dict(call: ToolCall) -> dict[str, Any]:
 
 
 def load_samples(path: str | Path) -> list[dict]:
-    """Samples of an mlx-lm chat JSONL file, each with an extra "where": "path:line"; clear error on bad lines."""
-    samples = [{**sample.data, "where": sample.where} for sample in read_samples(path)]
+    """Samples of an mlx-lm chat JSONL file, each with an extra "where": "path:line"; clear error on bad lines.
+    A session sample stands for its supervised turns: one case each ("path:line turn k"), never only its last."""
+    samples = [{**turn.data, "where": turn.where} for sample in read_samples(path) for turn in sample.per_turn()]
     if not samples:
         raise ValueError(f"{path}: no samples")
     return samples

@@ -13,7 +13,9 @@ example:
   python -m curate traces/run1.jsonl traces/run2.jsonl data/ --model ~/.cache/flywheel/tool-calling --max-seq-length 1024
 
 writes OUT_DIR/train.jsonl, valid.jsonl, test.jsonl (mlx-lm chat format: {"messages", "tools", "meta"};
-assistant tool calls OpenAI-shaped with arguments as JSON objects), rejects.jsonl (every rejected or
+assistant tool calls OpenAI-shaped with arguments as JSON objects; a sample is one assistant turn, and train
+and valid hold one line per trajectory, "supervise" naming the turns kept of it: --per-turn writes one line
+per sample, for plain `mlx_lm lora`), rejects.jsonl (every rejected or
 deduplicated line and sample with its reason and file:line), report.json (the funnel, stage by stage) and
 curate.toml (the resolved settings: --config OUT_DIR/curate.toml repeats the run). Splits are by task:
 samples of one session, of one task (normalised first user message + tool names) or exact duplicates of
@@ -86,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-final-answers", action="store_true", help="make samples only of tool-calling turns"
     )
+    parser.add_argument(
+        "--per-turn",
+        action="store_true",
+        help="train/valid: one sample per assistant turn (what plain `mlx_lm lora` trains on) instead of "
+        "one per trajectory supervising its kept turns",
+    )
     parser.add_argument("--markers-file", help="extra marker regexes, one per line (added to the defaults)")
     parser.add_argument(
         "--workers", type=int, help="pass-1 processes (default: one per core for inputs over 64 MB)"
@@ -109,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             args.config,
             **flag_overrides(args, Config),
             include_final_answers=False if args.no_final_answers else None,
+            sessions=False if args.per_turn else None,
             progress=False if args.quiet else None,
         )
         if args.markers_file:

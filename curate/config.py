@@ -45,6 +45,9 @@ class Config(Settings):
     model: Path | None = None
     max_seq_length: int = 2048
     drop_too_long: bool = True
+    # train and valid: one sample per trajectory supervising the turns kept of it (core.samples' session
+    # sample); false: one sample per turn, as plain `mlx_lm lora` trains. The test split is always per-turn.
+    sessions: bool = True
     # memory: bytes of trace lines parsed per batch (pass 1: all lines; pass 2: trajectory heads)
     batch_bytes: int = 16 * 1024 * 1024
     # pass-1 processes (spawned; a script calling curate.run with workers > 1 needs the usual

@@ -1,7 +1,7 @@
 """Stage 9 (with --model): render each sample with the model's chat template and parse the supervised turn
 back with its tool parser (`core.toolcalls.round_trip`); check that its tokens continue its prompt's tokens,
 so that training's loss mask is right (`core.samples.supervised_spans`, what train's preflight checks); count
-tokens as mlx-lm's ChatDataset does."""
+tokens as mlx-lm's ChatDataset does. Then the same span check on each session sample (`check_sessions`)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,12 @@ import polars as pl
 from curate.config import Config
 
 
-def check_samples(lines: pl.DataFrame, config: Config) -> tuple[pl.DataFrame, dict]:
+def check_samples(lines: pl.DataFrame, tokenizer, config: Config) -> tuple[pl.DataFrame, dict]:
     """lines (sid, line) → (sid, reason, detail) of the failures, and a summary for the report. One Python
     step per sample: the chat template and the tool parser are the model's own code."""
     from core.samples import SpanError, supervised_spans
-    from core.toolcalls import load_tokenizer, round_trip
+    from core.toolcalls import round_trip
 
-    tokenizer = load_tokenizer(config.model)
     sids, reasons, details = [], [], []
     failures: Counter[str] = Counter()
     lengths = []
@@ -65,3 +64,30 @@ def check_samples(lines: pl.DataFrame, config: Config) -> tuple[pl.DataFrame, di
         "tokens_mean": round(sum(lengths) / len(lengths), 1) if lengths else 0,
     }
     return verdicts, summary
+
+
+def check_sessions(lines: pl.DataFrame, tokenizer, config: Config) -> tuple[pl.DataFrame, dict]:
+    """Session lines (x, line) → (x, reason) of those to write as per-turn samples: the template does not
+    render each supervised turn as a token prefix of the whole (`supervised_spans`), or the session is longer
+    than max_seq_length (train would split it); and a summary for the report."""
+    from core.samples import SpanError, supervised_spans, too_long
+
+    xs, reasons, lengths = [], [], []
+    for x, line in lines.select("x", "line").iter_rows():
+        try:
+            tokens = len(supervised_spans(tokenizer, json.loads(line)).tokens)
+        except SpanError as error:
+            xs.append(x)
+            reasons.append(error.reason)
+            continue
+        lengths.append(tokens)
+        if tokens > config.max_seq_length:
+            xs.append(x)
+            reasons.append(too_long(config.max_seq_length))
+    fallbacks = pl.DataFrame({"x": xs, "reason": reasons}, schema={"x": pl.Int64, "reason": pl.String})
+    summary = {
+        "checked": lines.height,
+        "tokens_max": max(lengths, default=0),
+        "tokens_mean": round(sum(lengths) / len(lengths), 1) if lengths else 0,
+    }
+    return fallbacks, summary

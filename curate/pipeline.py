@@ -7,6 +7,7 @@ The steps, in order (each a function below; stage numbers as in the report):
   dedupe       exact and near duplicates (7)                                          curate.dedupe
   model check  optional: round trip through the model's template and parser (9)       curate.modelcheck
   split        connected sessions / duplicate clusters to train/valid/test (8)        curate.split
+  sessions     train/valid: one session sample per trajectory, checked with the model  curate.sessions
   write        split files, rejects.jsonl, the resolved settings                      curate.lines
   account      the identities, checked against the files written; the report     curate.funnel, .verify, .report
 """
@@ -23,12 +24,12 @@ import polars as pl
 
 from core.outcomes import read_outcomes
 from core.trace import trace_files
+from curate import sessions, stitch
 from curate import split as splitting
-from curate import stitch
 from curate.config import Config, save_config
 from curate.dedupe import dedupe
 from curate.funnel import Accounting, Exchanges, Samples, account
-from curate.lines import write_lines, write_splits
+from curate.lines import turn_line, write_lines, write_splits
 from curate.passes import Pass1, Pass2, pass1, pass2
 from curate.reasons import Outcome, partition
 from curate.report import Report, Statistics, build_report
@@ -128,16 +129,31 @@ def trajectories(first: Pass1, summary: pl.DataFrame) -> tuple[Exchanges, pl.Dat
 NOTHING_REMOVED = pl.DataFrame(schema={"sid": pl.Int64, "reason": pl.String, "detail": pl.String})
 
 
-def check_with_model(kept: pl.DataFrame, spill: list[Path], config: Config) -> tuple[Outcome, dict | None]:
-    """Stage 9, with config.model: render every sample still kept through the model's own template."""
+def model_tokenizer(config: Config):
+    """The model's tokenizer for stage 9 and the session check (None without config.model)."""
     if not config.model:
+        return None
+    from core.toolcalls import load_tokenizer
+
+    return load_tokenizer(config.model)
+
+
+def check_with_model(
+    kept: pl.DataFrame, spill: list[Path], config: Config, tokenizer
+) -> tuple[Outcome, dict | None]:
+    """Stage 9, with config.model: render every sample still kept through the model's own template."""
+    if tokenizer is None:
         return Outcome(kept, NOTHING_REMOVED), None
     from curate.modelcheck import check_samples
 
     chosen = kept.lazy().select("sid")
     no_lines = chosen.with_columns(line=pl.lit(""))
-    lines = pl.scan_parquet(spill).join(chosen, on="sid", maintain_order="left") if spill else no_lines
-    removed, summary = check_samples(lines.collect(), config)
+    lines = (
+        pl.scan_parquet(spill).join(chosen, on="sid", maintain_order="left").select("sid", line=turn_line())
+        if spill
+        else no_lines
+    )
+    removed, summary = check_samples(lines.collect(), tokenizer, config)
     return Outcome(kept.join(removed, on="sid", how="anti", maintain_order="left"), removed), summary
 
 
@@ -178,15 +194,21 @@ def _run(files: list[Path], out_dir: Path, tmp: Path, config: Config, outcomes: 
     with clock.step("dedupe"):
         deduped = dedupe(turns.kept, config.near_duplicates_keep, exchanges.where)
     with clock.step("model_check"):
-        checked, model_summary = check_with_model(deduped.kept, second.spill_files, config)
-    with clock.step("split_write"):
+        tokenizer = model_tokenizer(config)
+        checked, model_summary = check_with_model(deduped.kept, second.spill_files, config, tokenizer)
+    with clock.step("split"):
         kept, notes = split_samples(turns.kept, checked.kept, config)
-        written = write_splits(kept, second.spill_files, out_dir)
+    with clock.step("sessions"):
+        lines = sessions.layout(kept, second.spill_files, exchanges.where, config, tokenizer)
+    with clock.step("write"):
+        written = write_splits(kept, second.spill_files, out_dir, lines.whole)
     samples = Samples(second.samples, turns, deduped, checked, kept, notes)
     with clock.step("account_verify"):
         accounting = write_and_verify(out_dir, config, exchanges, samples)
     with clock.step("report"):
-        stats = Statistics(second.marker_matches, second.marker_messages, second.text_calls, model_summary)
+        stats = Statistics(
+            second.marker_matches, second.marker_messages, second.text_calls, model_summary, lines.summary
+        )
         report = build_report(config, files, out_dir, exchanges, samples, accounting, stats, written)
     report.data.update(whose)
     report.data["timings_s"] = clock.rounded()

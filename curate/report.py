@@ -7,7 +7,7 @@ a fate or writes a data file.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,12 @@ UNITS = {
         "deduplicated into it; each remaining exchange (a trajectory head) yields one sample per assistant "
         "turn, so an agent loop of N requests gives about N samples, taken from its last request. An "
         "exchange counts as kept when at least one of its head's samples was written."
+    ),
+    "line": (
+        "one line of a split file: in train and valid (sessions = true) a trajectory head's session sample, "
+        "supervising every sample kept of it, or a per-turn sample (test, --per-turn, a head with one kept "
+        "sample, or a session the model's template cannot train whole); the files count samples by the turns "
+        "their lines supervise"
     ),
 }
 VALIDATION_NOTE = (
@@ -97,11 +103,26 @@ class Report:
                 )
                 console.print(f"{title}: {shown}", markup=False)
         sp = d["split"]
-        console.print(
-            f"written: train {sp['train']}, valid {sp['valid']}, test {sp['test']} → {d['out_dir']}"
-        )
+        shown = ", ".join(f"{k} {sp[k]} in {sp['lines'][k]} lines" for k in ("train", "valid", "test"))
+        console.print(f"written (samples in lines): {shown} → {d['out_dir']}")
+        if line := sessions_line(d["sessions"]):
+            console.print(line, markup=False)
         for note in sp["notes"]:
             console.print(f"[yellow]note:[/] {note}")
+
+
+def sessions_line(sessions: dict[str, Any]) -> str:
+    """The sessions summary in one line (empty with sessions off)."""
+    if not sessions.get("enabled"):
+        return ""
+    fell_back = sum(sessions["fallbacks"].values())
+    reasons = "; ".join(f"{reason}: {n}" for reason, n in sessions["fallbacks"].items())
+    return (
+        f"sessions (train, valid): {sessions['whole']} trajectories written whole "
+        f"({sessions['turns_in_sessions']} samples), {sessions['single_turn']} with one kept sample written "
+        f"per-turn, {fell_back} fell back to per-turn samples ({sessions['fallback_turns']} samples)"
+        + (f" [{reasons}]" if reasons else "")
+    )
 
 
 @dataclass
@@ -112,6 +133,7 @@ class Statistics:
     marker_messages: int
     text_calls: pl.DataFrame  # tt_format, tt_status, len (per batch, summed here)
     model_check: dict[str, Any] | None = None
+    sessions: dict[str, Any] = field(default_factory=dict)  # curate.sessions.Layout.summary
 
 
 def build_report(
@@ -152,7 +174,8 @@ def build_report(
             "examples": duplicate_examples(sm, ex.where, config.examples),
         },
         "model_check": stats.model_check,
-        "split": split_section(sm, config, written),
+        "sessions": stats.sessions,
+        "split": split_section(sm, config, written) | {"lines": stats.sessions["lines"]},
         "rejects_file": str(Path(out_dir) / "rejects.jsonl"),
         "config_file": str(Path(out_dir) / SAVED_AS),
         "verified_from_files": acc.verified,
@@ -218,7 +241,7 @@ def duplicate_examples(sm: Samples, where: pl.DataFrame, limit: int) -> list[dic
         .sort("sid")
         .group_by("reason", "dup_of")
         .agg(duplicates=pl.len(), members=pl.col("sid").head(3))
-        .sort(["duplicates", "dup_of"], descending=[True, False])
+        .sort(["duplicates", "dup_of", "reason"], descending=[True, False, False])
         .head(limit)
     )
     members = (
@@ -232,7 +255,7 @@ def duplicate_examples(sm: Samples, where: pl.DataFrame, limit: int) -> list[dic
     return (
         clusters.join(located.rename({"sid": "dup_of", "where": "kept"}), on="dup_of", how="left")
         .join(members, on="dup_of", how="left")
-        .sort(["duplicates", "dup_of"], descending=[True, False])
+        .sort(["duplicates", "dup_of", "reason"], descending=[True, False, False])
         .select(pl.col("reason").alias("kind"), "duplicates", "kept", "intent", "target", "duplicates_from")
         .collect()
         .to_dicts()

@@ -1,5 +1,6 @@
 """The accounting, checked against the files written: every line in must be a kept sample's head in
-train/valid/test.jsonl or a line of rejects.jsonl, and every sample a line of one of them.
+train/valid/test.jsonl or a line of rejects.jsonl, and every sample a turn supervised by a line of one of
+them (a per-turn line supervises one, a session line the turns its "supervise" names).
 
 Stage by stage, what came in must equal what the stage passed on plus what rejects.jsonl says it removed;
 the first stage where that fails is named (AccountingError, one line). What a stage passed on is measured
@@ -14,7 +15,7 @@ import polars as pl
 
 from curate import reasons as r
 from curate.funnel import Exchanges, Samples
-from curate.lines import SPLITS, head_of_line
+from curate.lines import SPLITS, head_of_line, turns_of_line
 
 TURN_CHECKS = "3-6 per-turn checks"  # decided together (curate.turns): one identity for the four stages
 
@@ -24,7 +25,7 @@ class AccountingError(RuntimeError):
 
 
 def read_splits(out_dir: Path) -> dict[str, Any]:
-    """Lines per split file and the distinct trajectory heads their samples come from."""
+    """Lines and supervised turns (samples) per split file, and the distinct trajectory heads they come from."""
     frames = [
         pl.scan_csv(
             out_dir / f"{split}.jsonl",
@@ -32,16 +33,20 @@ def read_splits(out_dir: Path) -> dict[str, Any]:
             separator="\x01",  # one column: the whole line (JSON escapes every control character)
             quote_char=None,
             schema={"line": pl.String},
-        ).select(split=pl.lit(split), head=head_of_line(pl.col("line")))
+        ).select(split=pl.lit(split), head=head_of_line(pl.col("line")), turns=turns_of_line(pl.col("line")))
         for split in SPLITS
         if (out_dir / f"{split}.jsonl").exists()
     ]
     if not frames:
-        return {"lines": dict.fromkeys(SPLITS, 0), "heads": 0}
+        return {"lines": dict.fromkeys(SPLITS, 0), "turns": dict.fromkeys(SPLITS, 0), "heads": 0}
     table = pl.concat(frames).collect()
-    per_split = counts_of(table, "split")
+    per_split = {
+        split: (lines, turns)
+        for split, lines, turns in table.group_by("split").agg(pl.len(), pl.col("turns").sum()).iter_rows()
+    }
     return {
-        "lines": {split: per_split.get(split, 0) for split in SPLITS},
+        "lines": {split: per_split.get(split, (0, 0))[0] for split in SPLITS},
+        "turns": {split: per_split.get(split, (0, 0))[1] for split in SPLITS},
         "heads": table.get_column("head").drop_nulls().n_unique(),
     }
 
@@ -69,12 +74,12 @@ def chain(unit: str, n_in: int, steps: list[tuple[str, int, int]]) -> str | None
     return None
 
 
-def split_mismatch(lines: dict[str, int], assigned: dict[str, int]) -> str | None:
+def split_mismatch(written: dict[str, Any], assigned: dict[str, int]) -> str | None:
     for split in SPLITS:
-        if lines[split] != assigned.get(split, 0):
+        if written["turns"][split] != assigned.get(split, 0):
             return (
                 f"accounting broken at stage {r.SPLIT}: {assigned.get(split, 0)} samples assigned to {split}, "
-                f"{split}.jsonl holds {lines[split]} lines"
+                f"{split}.jsonl supervises {written['turns'][split]} in {written['lines'][split]} lines"
             )
     return None
 
@@ -84,7 +89,7 @@ def verify(out_dir: Path, ex: Exchanges, sm: Samples) -> dict[str, Any]:
     written = read_splits(out_dir)
     rejects = read_rejects(out_dir / "rejects.jsonl").with_columns(fate=r.fate_of(pl.col("reason")))
     by_stage = counts_of(rejects, "stage")
-    kept_lines = sum(written["lines"].values())
+    kept_turns = sum(written["turns"].values())  # the sample identity is per turn, whatever the lines hold
     # the samples before the heads: a head's fate follows from its samples, so a sample stage at fault is
     # named before the exchange-level stage it upsets
     turn_checks = sum(by_stage.get(stage, 0) for stage in (r.TURNS, r.MARKERS, r.TEXT_CALLS, r.VALIDITY))
@@ -105,10 +110,10 @@ def verify(out_dir: Path, ex: Exchanges, sm: Samples) -> dict[str, Any]:
                 (TURN_CHECKS, sm.turns.kept.height, turn_checks),
                 (r.DEDUPE, sm.dedupe.kept.height, by_stage.get(r.DEDUPE, 0)),
                 (r.MODEL, sm.model.kept.height, by_stage.get(r.MODEL, 0)),
-                (r.SPLIT, kept_lines, 0),
+                (r.SPLIT, kept_turns, 0),
             ],
         )
-        or split_mismatch(written["lines"], counts_of(sm.split, "split"))
+        or split_mismatch(written, counts_of(sm.split, "split"))
         or chain("exchange", ex.stitch.kept.height, [(r.HEAD, written["heads"], by_stage.get(r.HEAD, 0))])
     )
 
@@ -122,6 +127,7 @@ def verify(out_dir: Path, ex: Exchanges, sm: Samples) -> dict[str, Any]:
         "holds": broken is None,
         "broken": broken,
         "exchanges": identity("exchange", ex.where.height, written["heads"]),
-        "samples": identity("sample", sm.table.height, kept_lines),
+        "samples": identity("sample", sm.table.height, kept_turns),
         "lines": written["lines"],
+        "turns": written["turns"],
     }

@@ -52,6 +52,8 @@ class LoopConfig(Settings):
     agent_max_steps: int = Field(6, ge=1)
     eval_limit: int | None = Field(None, ge=1)  # held-out tasks and test samples evaluated (None: all)
     train: dict[str, Any] = Field(default_factory=dict)
+    # curate's train/valid lines: one session sample per trajectory (true), or one sample per turn (false)
+    sessions: bool = True
     # rounds ≥ 2: the best student so far attempts each train task `attempts` times at `temperature` (its own
     # successes join the training data); a new adapter is promoted only when it is better (flywheel.promote)
     rounds: int = Field(1, ge=1)

@@ -48,7 +48,8 @@ def curate_round(
 ) -> dict:
     import curate
 
-    report = curate.run(traces, data_dir, curate.load_config(seed=config.seed, model=str(student), **options))
+    settings = curate.load_config(seed=config.seed, model=str(student), sessions=config.sessions, **options)
+    report = curate.run(traces, data_dir, settings)
     report.print_summary(console)
     if reason := report.failure_reason():
         raise LoopError(f"curate: {reason}")

@@ -15,6 +15,7 @@ import pytest
 
 import curate
 from agent.tools import AGENT_TOOLS
+from core.samples import per_turn_samples
 from core.trace import new_record
 from curate import Config
 from curate.markers import DEFAULT_MARKERS
@@ -99,6 +100,30 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def per_turn_lines(sample: dict) -> list[dict]:
+    """The per-turn lines a written line stands for: itself, or a session line's supervised turns, each with
+    the meta a per-turn line has (what `sessions = false` writes)."""
+    if "supervise" not in sample:
+        return [sample]
+    meta = sample["meta"]
+    return [
+        {**turn, "meta": {"session_id": meta["session_id"], "head": meta["head"], **turn_meta}}
+        for turn, turn_meta in zip(per_turn_samples(sample), meta["turns"], strict=True)
+    ]
+
+
+def in_order(samples: list[dict]) -> list[dict]:
+    """Samples by head and turn (a split file holds its per-turn lines, then its session lines)."""
+    return sorted(samples, key=lambda s: (s["meta"]["head"], s["meta"]["turn"]))
+
+
+def read_samples(out: Path, splits=("train", "valid", "test")) -> list[dict]:
+    """Every sample written, one per supervised turn."""
+    return [
+        t for split in splits for line in read_jsonl(out / f"{split}.jsonl") for t in per_turn_lines(line)
+    ]
+
+
 def accounted(report) -> dict:
     ex, sm = report.data["exchanges"], report.data["samples"]
     assert ex["in"] == ex["kept"] + ex["rejected"] + ex["deduplicated"] and ex["identity_holds"]
@@ -107,13 +132,40 @@ def accounted(report) -> dict:
     return report.data
 
 
+# what differs between a run with session lines and one without: the lines, never a sample's fate
+LAYOUT_KEYS = ("inputs", "out_dir", "config", "sessions", "split", "rejects_file", "config_file", "timings_s")
+
+
 def run_curate(tmp_path: Path, items, name="traces/a.jsonl", **config):
+    """curate.run on `items` (sessions, the default, unless `config` says): the report, the samples written
+    (one per supervised turn) and rejects.jsonl. With the default, the same run with `sessions = false` must
+    write the same samples, per-turn, and the same rejects and funnel."""
     write_lines(tmp_path / name, items)
     out = tmp_path / "out"
     report = curate.run([tmp_path / "traces"], out, Config(progress=False, **config))
     accounted(report)
-    samples = [s for split in ("train", "valid", "test") for s in read_jsonl(out / f"{split}.jsonl")]
-    return report, samples, read_jsonl(out / "rejects.jsonl")
+    samples, rejects = read_samples(out), read_jsonl(out / "rejects.jsonl")
+    if "sessions" not in config:
+        per_turn = curate.run(
+            [tmp_path / "traces"], tmp_path / "per-turn", Config(progress=False, sessions=False, **config)
+        )
+        for split in ("train", "valid", "test"):
+            expected = read_jsonl(tmp_path / "per-turn" / f"{split}.jsonl")
+            assert in_order(read_samples(out, [split])) == in_order(expected), split
+            assert report.data["split"]["lines"][split] == sum(1 for _ in read_jsonl(out / f"{split}.jsonl"))
+            assert per_turn.data["split"]["lines"][split] == len(expected)
+        assert (out / "test.jsonl").exists() == (tmp_path / "per-turn" / "test.jsonl").exists()
+        if (out / "test.jsonl").exists():
+            assert (out / "test.jsonl").read_text() == (tmp_path / "per-turn" / "test.jsonl").read_text()
+        assert (tmp_path / "per-turn" / "rejects.jsonl").read_text() == (out / "rejects.jsonl").read_text()
+        for key in set(report.data) - set(LAYOUT_KEYS):
+            if key == "verified_from_files":  # read back from the files: the same but for the lines
+                assert report.data[key]["lines"] == report.data["split"]["lines"]
+                assert {**report.data[key], "lines": None} == {**per_turn.data[key], "lines": None}
+            else:
+                assert report.data[key] == per_turn.data[key], key
+        assert report.split_counts == per_turn.split_counts
+    return report, samples, rejects
 
 
 def simple_session(session: str, path: str = "a.py", user: str | None = None) -> list[dict]:
@@ -569,7 +621,7 @@ def test_split_is_deterministic_and_sessions_never_straddle(tmp_path):
         report = curate.run([tmp_path / "traces"], tmp_path / out, Config(progress=False, seed=seed))
         accounted(report)
         return {
-            split: sorted(s["meta"]["session_id"] for s in read_jsonl(tmp_path / out / f"{split}.jsonl"))
+            split: sorted(s["meta"]["session_id"] for s in read_samples(tmp_path / out, [split]))
             for split in ("train", "valid", "test")
         }
 

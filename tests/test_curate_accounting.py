@@ -6,6 +6,7 @@ Real runs of `curate.run` / `python -m curate` on crafted trace files (helpers f
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -17,6 +18,8 @@ from test_curate import (
     assistant,
     call,
     exchange,
+    in_order,
+    per_turn_lines,
     read_jsonl,
     run_curate,
     simple_session,
@@ -214,10 +217,26 @@ def _dedupe_loses_a_duplicate(original):
 
 
 def _a_train_line_is_lost(original):
-    def write_splits(kept, spill_files, out_dir):
-        written = original(kept, spill_files, out_dir)
+    def write_splits(kept, spill_files, out_dir, *args):
+        written = original(kept, spill_files, out_dir, *args)
         path = out_dir / "train.jsonl"
         path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+        return written
+
+    return write_splits
+
+
+def _a_session_line_loses_a_turn(original):
+    """A session line that supervises one turn fewer than curate kept of its trajectory."""
+
+    def write_splits(kept, spill_files, out_dir, *args):
+        written = original(kept, spill_files, out_dir, *args)
+        path = out_dir / "train.jsonl"
+        lines = path.read_text().splitlines(keepends=True)
+        index = next(i for i, line in enumerate(lines) if '"supervise":[' in line)
+        lines[index], changed = re.subn(r'"supervise":\[\d+,', '"supervise":[', lines[index])
+        assert changed == 1
+        path.write_text("".join(lines))
         return written
 
     return write_splits
@@ -230,6 +249,7 @@ def _a_train_line_is_lost(original):
         ("curate.stitch", "stitch", _stitch_loses_a_prefix, "2 stitch"),
         ("curate.pipeline", "dedupe", _dedupe_loses_a_duplicate, "7 dedupe"),
         ("curate.pipeline", "write_splits", _a_train_line_is_lost, "8 split"),
+        ("curate.pipeline", "write_splits", _a_session_line_loses_a_turn, "8 split"),
     ],
 )
 def test_a_broken_identity_fails_the_run_naming_the_stage(
@@ -249,3 +269,34 @@ def test_a_broken_identity_fails_the_run_naming_the_stage(
     assert report["verified_from_files"]["holds"] is False
     with pytest.raises(curate.AccountingError, match=f"stage {stage}:"):
         curate.run([traces], tmp_path / "again", Config(progress=False))
+
+
+def test_per_turn_flag_writes_what_plain_mlx_lm_trains_on(tmp_path):
+    """--per-turn (sessions = false): one line per kept turn in every split, the same samples as the session
+    lines stand for; the default writes one session line per trajectory (with two or more kept turns) in
+    train and valid, and prints how many."""
+    traces = write_lines(tmp_path / "traces" / "a.jsonl", varied_records())
+    printed = {}
+    for flags, out in (([], "sessions"), (["--per-turn"], "per-turn")):
+        result = curate_cli(traces, tmp_path / out, "--split", "0.5,0.5,0", *flags)
+        assert result.returncode == 0, result.stderr
+        printed[out] = " ".join(result.stdout.split())
+    assert load_config(tmp_path / "per-turn" / "curate.toml").sessions is False
+    assert load_config(tmp_path / "sessions" / "curate.toml").sessions is True
+    report = json.loads((tmp_path / "sessions" / "report.json").read_text())
+    sessions = report["sessions"]
+    assert sessions["whole"] >= 1 and sessions["turns_in_sessions"] > sessions["whole"]
+    shown = f"sessions (train, valid): {sessions['whole']} trajectories written whole ({sessions['turns_in_sessions']} samples)"
+    assert shown in printed["sessions"] and "sessions (train, valid)" not in printed["per-turn"]
+    lines = {out: [] for out in printed}
+    for split in ("train", "valid"):
+        whole = read_jsonl(tmp_path / "sessions" / f"{split}.jsonl")
+        per_turn = read_jsonl(tmp_path / "per-turn" / f"{split}.jsonl")
+        assert in_order([t for line in whole for t in per_turn_lines(line)]) == in_order(per_turn)
+        lines["sessions"] += whole
+        lines["per-turn"] += per_turn
+    assert sum("supervise" in line for line in lines["sessions"]) == sessions["whole"]
+    assert not any("supervise" in line for line in lines["per-turn"])
+    assert (
+        len(lines["per-turn"]) - len(lines["sessions"]) == sessions["turns_in_sessions"] - sessions["whole"]
+    )

@@ -11,12 +11,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+
+import pytest
+from test_curate import in_order, read_samples
 
 import curate
 from agent.tools import AGENT_TOOLS
 from core.trace import new_record, read_records
 from curate import Config
+from curate.report import sessions_line
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -24,7 +29,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def written_samples(out: Path) -> list[dict]:
-    return [s for split in ("train", "valid", "test") for s in read_jsonl(out / f"{split}.jsonl")]
+    """Every sample written, one per supervised turn (a session line stands for its turns' per-turn samples)."""
+    return read_samples(out)
 
 
 def accounted(report) -> None:
@@ -76,9 +82,13 @@ def test_samples_render_through_the_tiny_template_and_mlx_chat_dataset(tiny_mode
 
     from core.toolcalls import load_tokenizer, round_trip
 
-    report = curate.run([crafted_traces(tmp_path / "traces")], tmp_path / "out", Config(progress=False))
+    # what plain `mlx_lm lora` reads: per-turn samples (--per-turn; session lines are train's own format)
+    traces = crafted_traces(tmp_path / "traces")
+    report = curate.run([traces], tmp_path / "out", Config(progress=False, sessions=False))
     accounted(report)
-    samples = written_samples(tmp_path / "out")
+    samples = [
+        s for split in ("train", "valid", "test") for s in read_jsonl(tmp_path / "out" / f"{split}.jsonl")
+    ]
     assert len(samples) == 4
     tokenizer = load_tokenizer(tiny_model)
     dataset = ChatDataset(samples, tokenizer, mask_prompt=True)  # the extra "meta" key is ignored
@@ -251,3 +261,91 @@ def test_tiny_model_agent_session_through_the_real_proxy(tool_server, tool_model
     for sample in written_samples(tmp_path / "out"):
         assert round_trip(tokenizer, sample["messages"], sample["tools"]).ok
     print(json.dumps({k: data[k] for k in ("exchanges", "samples", "stitching", "tool_calls")}, indent=1))
+
+
+# ------------------------------------------------------------------------------------------- sessions
+
+
+@pytest.fixture(scope="module")
+def content_dropping_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model with a template that, like templates hiding earlier turns' reasoning, shows the text
+    before an assistant turn's tool calls only while that turn is the last message: every per-turn sample
+    renders consistently, a whole session does not."""
+    out = tmp_path_factory.mktemp("content-dropping") / "model"
+    shutil.copytree(tiny_model, out)
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    shown = "{{- '<|im_start|>assistant' }}\n        {%- if message.content %}"
+    assert config["chat_template"].count(shown) == 1
+    config["chat_template"] = config["chat_template"].replace(
+        shown, shown.replace("message.content", "message.content and loop.last")
+    )
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return out
+
+
+def session_traces(directory: Path) -> Path:
+    """Four two-call sessions, each a read then a final answer; in s0 the call comes with text."""
+    from test_curate import agent_loop, assistant, call, write_lines
+
+    records = []
+    for i in range(4):
+        first = assistant(
+            call("read_file", {"path": f"m{i}.py"}, f"c{i}"), content="Let me look." if i == 0 else None
+        )
+        replies = [
+            first,
+            assistant(call("read_file", {"path": f"n{i}.py"}, f"d{i}")),
+            assistant(content=f"Done {i}."),
+        ]
+        records += agent_loop(f"Read m{i}.py and n{i}.py.", replies, f"s{i}")
+    return write_lines(directory / "t.jsonl", records)
+
+
+def test_sessions_are_checked_with_the_model_and_fall_back_per_trajectory(
+    tiny_model, content_dropping_model, tmp_path
+):
+    from core.samples import supervised_spans
+    from core.toolcalls import load_tokenizer
+
+    traces = session_traces(tmp_path / "traces")
+    settings = dict(progress=False, split=(1.0, 0.0, 0.0))
+    plain = curate.run([traces], tmp_path / "plain", Config(model=str(tiny_model), **settings))
+    accounted(plain)
+    sessions = plain.data["sessions"]
+    assert (sessions["whole"], sessions["turns_in_sessions"], sessions["fallbacks"]) == (4, 12, {})
+    assert sessions["model_check"]["checked"] == 4 and plain.data["split"]["lines"]["train"] == 4
+    tokenizer = load_tokenizer(tiny_model)
+    for line in read_jsonl(tmp_path / "plain" / "train.jsonl"):
+        assert len(supervised_spans(tokenizer, line).spans) == len(line["supervise"]) == 3
+
+    dropping = curate.run(
+        [traces], tmp_path / "dropping", Config(model=str(content_dropping_model), **settings)
+    )
+    accounted(dropping)
+    sessions = dropping.data["sessions"]
+    assert sessions["whole"] == 3 and sessions["fallback_turns"] == 3
+    assert list(sessions["fallbacks"].items()) == [
+        (
+            "its prompt's tokens are not a prefix of the whole conversation's tokens (the chat template rewrites "
+            "earlier turns)",
+            1,
+        )
+    ]
+    lines = read_jsonl(tmp_path / "dropping" / "train.jsonl")
+    assert len(lines) == dropping.data["split"]["lines"]["train"] == 3 + 3
+    assert {line["meta"]["session_id"] for line in lines if "supervise" not in line} == {"s0"}
+    # the same samples, as the per-turn run writes them; the funnel and every fate unchanged
+    assert in_order(written_samples(tmp_path / "dropping")) == in_order(written_samples(tmp_path / "plain"))
+    assert dropping.data["samples"] == plain.data["samples"]
+    assert "1 fell back to per-turn samples (3 samples)" in sessions_line(sessions)
+
+    # a session longer than max_seq_length (its samples kept: drop_too_long off) is written per-turn, as
+    # train would split it: here s0, the longest
+    longest = plain.data["sessions"]["model_check"]["tokens_max"]
+    short = curate.run(
+        [traces],
+        tmp_path / "short",
+        Config(model=str(tiny_model), max_seq_length=longest - 1, drop_too_long=False, **settings),
+    )
+    accounted(short)
+    assert short.data["sessions"]["fallbacks"] == {f"longer than max_seq_length {longest - 1}": 1}

@@ -224,8 +224,10 @@ def test_junk_never_crashes_and_every_line_is_accounted_for(tmp_path_factory, ju
     assert sm["in"] == sm["kept"] + sm["rejected"] + sm["deduplicated"]
     rejects = [json.loads(line) for line in (tmp / "out" / "rejects.jsonl").read_text().splitlines()]
     assert len([r for r in rejects if r["unit"] == "exchange"]) == ex["rejected"] + ex["deduplicated"]
-    written = sum(len(Path(p).read_text().splitlines()) for p in report.data["split"]["files"].values())
-    assert written == sm["kept"]
+    split = report.data["split"]
+    written = sum(len(Path(p).read_text().splitlines()) for p in split["files"].values())
+    assert written == sum(split["lines"][name] for name in ("train", "valid", "test"))
+    assert split["train"] + split["valid"] + split["test"] == sm["kept"]
 
 
 @pytest.mark.parametrize("value", ["2026-11-21T16:04:05.123456Z", "2026-11-21T16:04:05+02:00"])

@@ -63,6 +63,16 @@ def test_file_then_flags_then_quick(tmp_path):
     assert config.fingerprint() != quick.fingerprint()
 
 
+def test_per_turn_data_is_a_setting_with_a_run_of_its_own(tmp_path):
+    """`sessions = false`: curate writes one sample per turn (what plain `mlx_lm lora` trains on); the run name
+    differs, so a per-turn run never reuses a session run's data or adapter."""
+    path = tmp_path / "flywheel.toml"
+    path.write_text("sessions = false\n")
+    per_turn, default = load(LoopConfig, path), LoopConfig()
+    assert (per_turn.sessions, default.sessions) == (False, True)
+    assert per_turn.fingerprint() != default.fingerprint()
+
+
 def test_the_resolved_settings_reload_the_same(tmp_path):
     from core.config import save
 

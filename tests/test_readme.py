@@ -633,7 +633,9 @@ def test_curate_cli_seed_and_split(teacher_traces, tmp_path, capsys):
     )
     for name in ("train", "valid", "test"):
         path = tmp_path / "data" / f"{name}.jsonl"
-        assert (len(path.read_text().splitlines()) if path.exists() else 0) == split[name]
+        assert (len(path.read_text().splitlines()) if path.exists() else 0) == split["lines"][name]
+    # train and valid hold whole-session lines by default (fewer lines than samples); test scores turns
+    assert split["lines"]["train"] < split["train"] and split["lines"]["test"] == split["test"]
     assert (tmp_path / "data" / "rejects.jsonl").exists()
     code, err = run_curate_cli(capsys, traces, tmp_path / "bad", "--split", "0.8,0.2")
     assert code == 2, err

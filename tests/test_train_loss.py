@@ -263,6 +263,41 @@ def test_session_loss_is_the_sum_of_its_per_turn_losses(tiny_model, session_item
     assert "run once" in note and "checked equal to logits at every position" in note, note
 
 
+def test_a_session_supervising_some_turns_is_the_sum_of_their_per_turn_losses(tiny_model):
+    """A session that names its turns (curate's: one turn not kept, and cut after the last kept one): its loss
+    is the sum of those turns' per-turn losses, value and gradients; a turn left out adds nothing."""
+    from mlx_lm.utils import load
+    from test_train_sessions import sessions, supervising
+
+    from core.samples import assistant_turns
+
+    _, tokenizer = load(str(tiny_model))
+    full = sessions(1, 15, parts=5)[0]
+    every = assistant_turns(full)
+    chosen = supervising(full, [every[1], every[3]])  # not the first, not the third, cut before the fifth
+    whole = pf.tokenize(tokenizer, pf.Sample("s.jsonl:1", chosen), True)
+    turns = [pf.tokenize(tokenizer, turn, True) for turn in whole.sample.per_turn()]
+    assert len(whole.spans) == len(turns) == 2 and len(whole.tokens) == len(turns[-1].tokens)
+    session = collate(TokenizedDataset([whole]), [0], 4096)
+    per_turn = collate(TokenizedDataset([completion_only(t) for t in turns]), [0, 1], 4096)
+    assert int(session[3].sum().item()) == sum(len(t.tokens) - t.offset for t in turns) == whole.supervised
+
+    model = lora_model(tiny_model, lm_head=False)
+    reference = value_and_grads(model, loss_lib.all_positions_loss, per_turn)
+    assert_same(reference, value_and_grads(model, loss_lib.supervised_loss, session))
+    length = loss_lib.shared_prefix_length([whole.tokens] + [t.tokens for t in turns])
+    prefix = loss_lib.build_prefix(model, whole.tokens[:length])
+    assert_same(reference, value_and_grads(model, loss_lib.make_prefix_loss(prefix), session))
+    every_turn = pf.tokenize(
+        tokenizer, pf.Sample("s.jsonl:2", {**chosen, "supervise": "all_assistant_turns"}), True
+    )
+    assert every_turn.tokens == whole.tokens and len(every_turn.spans) == 4  # the same text, more targets
+    more = value_and_grads(
+        model, loss_lib.supervised_loss, collate(TokenizedDataset([every_turn]), [0], 4096)
+    )
+    assert more[1] > reference[1]
+
+
 def test_mlx_lm_mask_adds_one_padding_target_per_turn(tiny_model, session_items):
     """mlx-lm's default mask (offset <= t + 1 <= length) also counts, in every per-turn row, the target after
     the sequence: predicting the padding id 0. A session has a real token there, so only completion tokens

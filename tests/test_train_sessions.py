@@ -14,6 +14,7 @@ from core.samples import (
     Sample,
     SampleError,
     SpanError,
+    assistant_turns,
     check_sample,
     per_turn_samples,
     session_sample,
@@ -75,7 +76,7 @@ def test_spans_are_the_per_turn_completions(tokenizer):
 def test_session_format_is_checked():
     session = sessions(1, 5)[0]
     assert check_sample(session, "s.jsonl:1").is_session
-    with pytest.raises(SampleError, match=r"s\.jsonl:2: 'supervise' must be 'all_assistant_turns'"):
+    with pytest.raises(SampleError, match=r"s\.jsonl:2: 'supervise' must be 'all_assistant_turns' or a list"):
         check_sample({**session, SUPERVISE: "all"}, "s.jsonl:2")
     broken = json.loads(json.dumps(session))
     broken["messages"][2]["tool_calls"][0]["function"].pop("name")
@@ -84,6 +85,52 @@ def test_session_format_is_checked():
     turns = Sample("s.jsonl:1", session).per_turn()
     assert [t.where for t in turns][:2] == ["s.jsonl:1 turn 1", "s.jsonl:1 turn 2"]
     assert all(t.reference["role"] == "assistant" for t in turns)
+
+
+def supervising(session: dict, turns: list[int]) -> dict:
+    """The session cut after its last supervised turn, supervising only the assistant messages at `turns`
+    (as curate writes a trajectory some of whose turns it did not keep)."""
+    return session_sample(session["messages"][: turns[-1] + 1], session["tools"], turns)
+
+
+def test_a_session_can_name_the_turns_it_supervises(tokenizer):
+    session = sessions(1, 13, parts=4)[0]
+    every = assistant_turns(session)
+    chosen = supervising(session, [every[1], every[2]])  # not the first, and cut after the third
+    assert check_sample(chosen, "s.jsonl:1").is_session and assistant_turns(chosen) == every[1:3]
+    turns = per_turn_samples(chosen)
+    assert turns == [t for t in per_turn_samples(session) if len(t["messages"]) - 1 in every[1:3]]
+    found = supervised_spans(tokenizer, chosen)
+    whole = supervised_spans(tokenizer, session)
+    assert found.spans == whole.spans[1:3]  # the same tokens as in the whole session, the others masked
+    assert found.tokens == whole.tokens[: len(found.tokens)] and found.spans[-1][1] == len(found.tokens)
+    for turn, (start, end) in zip(turns, found.spans, strict=True):
+        assert tokenizer.decode(found.tokens[start:end]) == completion_text(
+            tokenizer, turn["messages"], turn["tools"]
+        )
+    # a turn left out is context, never a target: one supervised turn in the middle of a longer session
+    middle = session_sample(session["messages"], session["tools"], [every[1]])
+    ((start, end),) = supervised_spans(tokenizer, middle).spans
+    assert (start, end) == whole.spans[1] and end < len(whole.tokens)
+    assert [t.where for t in Sample("s.jsonl:4", middle).per_turn()] == ["s.jsonl:4 turn 1"]
+
+
+@pytest.mark.parametrize(
+    ("supervise", "message"),
+    [
+        ([], r"'supervise' must be 'all_assistant_turns' or a list of assistant message indices, got \[\]"),
+        ("2", r"'supervise' must be 'all_assistant_turns' or a list of assistant message indices"),
+        ([2, 99], r"supervise\[1\] = 99 is not an index of 'messages'"),
+        ([2, True], r"supervise\[1\] = True is not an index"),
+        ([1], r"supervise\[0\] = 1: messages\[1\] has role 'user', not 'assistant'"),
+        ([4, 2], r"'supervise' must be increasing, got \[4, 2\]"),
+        ([2, 2], r"'supervise' must be increasing"),
+    ],
+)
+def test_named_turns_are_checked(supervise, message):
+    session = sessions(1, 14)[0]
+    with pytest.raises(SampleError, match=r"^s\.jsonl:7: " + message):
+        check_sample({**session, SUPERVISE: supervise}, "s.jsonl:7")
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +256,47 @@ def test_preflight_checks_every_turn_of_a_session(tmp_path, tiny_model):
         train.run(config)
     assert str(error.value).startswith(f"{data / 'train.jsonl'}:3 turn {turn}: tool call does not round-trip")
     assert not (tmp_path / "a").exists()
+
+
+def test_train_on_curated_sessions_supervises_exactly_the_kept_turns(tmp_path, tiny_model):
+    """curate's default output (a session line per trajectory, supervising the turns it kept: here not a
+    failed call) trains whole: the manifest counts the sessions and turns curate's report counts."""
+    from test_curate import agent_loop, assistant, call, write_lines
+
+    import curate
+    import train
+
+    records = []
+    for i in range(8):
+        crash = call("run_command", {"command": "pytest", "args": [f"t{i}"]}, f"r{i}")
+        replies = [
+            assistant(call("read_file", {"path": f"m{i}.py"}, f"c{i}")),
+            assistant(crash),  # answered by an error: not kept, stays as context
+            assistant(call("read_file", {"path": f"n{i}.py"}, f"d{i}")),
+            assistant(content=f"Done {i}."),
+        ]
+        records += agent_loop(f"Check m{i}.py.", replies, f"s{i}", results={f"r{i}": "Error: failed"})
+    write_lines(tmp_path / "traces" / "a.jsonl", records)
+    report = curate.run(
+        [tmp_path / "traces"],
+        tmp_path / "data",
+        curate.Config(progress=False, model=str(tiny_model), split=(0.75, 0.25, 0.0)),
+    )
+    sessions = report.data["sessions"]
+    assert sessions["whole"] == 8 and sessions["turns_in_sessions"] == 8 * 3 and not sessions["fallbacks"]
+    line = json.loads((tmp_path / "data" / "train.jsonl").read_text().splitlines()[0])
+    failed = next(
+        i for i, m in enumerate(line["messages"]) if "run_command" in json.dumps(m.get("tool_calls"))
+    )
+    assert failed not in line["supervise"] and len(line["supervise"]) == 3
+
+    adapter = train.run(
+        train.TrainConfig(
+            model=str(tiny_model), data=str(tmp_path / "data"), adapter=str(tmp_path / "a"), **SMALL_RUN
+        )
+    )
+    lengths = json.loads((adapter / "manifest.json").read_text())["preflight"]["lengths"]
+    for split in ("train", "valid"):
+        counted = sessions["by_split"][split]
+        assert lengths[split]["sessions"]["whole"] == counted["sessions"] == lengths[split]["samples"]
+        assert lengths[split]["sessions"]["turns_whole"] == counted["turns"] == report.split_counts[split]

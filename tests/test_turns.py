@@ -55,6 +55,26 @@ def test_load_samples_names_the_bad_line(tmp_path):
     assert [s["where"] for s in samples] == [f"{data}:1", f"{data}:2"]
 
 
+def test_a_session_line_is_one_case_per_supervised_turn(tmp_path):
+    """Evaluating a file of session samples (curate's train/valid) scores every supervised turn, not only the
+    last one of each line."""
+    from core.samples import per_turn_samples, session_sample
+
+    parts = tool_call_samples(3, 4)
+    messages = parts[0]["messages"] + [m for part in parts[1:] for m in part["messages"][1:]]
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    session = session_sample(messages, parts[0]["tools"], turns[1:])  # the first turn is context only
+    data = tmp_path / "train.jsonl"
+    write_jsonl(data, [parts[0], session])
+    samples = load_samples(data)
+    assert len(turns) >= 3
+    assert [s["where"] for s in samples] == [f"{data}:1"] + [
+        f"{data}:2 turn {k}" for k in range(1, len(turns))
+    ]
+    assert [{k: v for k, v in s.items() if k != "where"} for s in samples[1:]] == per_turn_samples(session)
+    assert [split_sample(s)[2] for s in samples[1:]] == [messages[i] for i in turns[1:]]
+
+
 def test_split_sample_prompt_and_reference():
     sample = tool_call_samples(1, 3)[0]
     prompt, tools, reference = split_sample(sample)

@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--sessions",
         choices=["whole", "per-turn"],
-        help='session samples ("supervise": "all_assistant_turns"): one sequence each, every assistant turn '
-        "supervised once (default: whole), or one sample per turn, as `mlx_lm lora` trains",
+        help='session samples ("supervise": "all_assistant_turns" or the indices of the turns): one sequence '
+        "each, every supervised turn once (default: whole), or one sample per turn, as `mlx_lm lora` trains",
     )
     g = p.add_argument_group("optimisation")
     g.add_argument("--iters", type=int, help="iterations (default: 1000)")

@@ -51,11 +51,10 @@ class TrainConfig(Settings):
     lora_keys: list[str] | None = None  # module names to adapt; None = every linear layer in the blocks
     lora_lm_head: bool = False  # also adapt the output head (the embedding when tied)
     lora_embeddings: bool = False  # also adapt the input embedding
-    mask_prompt: bool = (
-        True  # loss on the assistant turns only (the final one; every one of a session sample)
-    )
-    # session samples (`"supervise": "all_assistant_turns"`): one sequence each ("whole"; per-turn where the
-    # chat template does not allow it), or one sample per assistant turn as `mlx_lm lora` would need
+    mask_prompt: bool = True  # loss on the assistant turns only (the final one; a session sample's supervised ones)
+    # session samples (`"supervise"`: "all_assistant_turns" or the turns' indices): one sequence each ("whole";
+    # per-turn where the chat template does not allow it), or one sample per supervised turn as `mlx_lm lora`
+    # would need
     sessions: Literal["whole", "per-turn"] = "whole"
     # How
     iters: int = Field(1000, ge=1)

@@ -19,6 +19,7 @@ from core.samples import (
     read_samples,
     sample_tokens,
     supervised_spans,
+    too_long,
 )
 
 SPLITS = ("train", "valid")
@@ -163,7 +164,7 @@ def tokenize_split(
                 reason = error.reason
             else:
                 if len(item.tokens) > max_seq_length:
-                    reason = f"longer than max_seq_length {max_seq_length}"
+                    reason = too_long(max_seq_length)
         if reason is None:
             items.append(item)
             report.whole += 1
