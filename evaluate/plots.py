@@ -6,7 +6,7 @@ import base64
 import io
 
 from core.scoring import CODES
-from evaluate.report import AGENT_LABELS, RATE_LABELS
+from evaluate.labels import AGENT_LABELS, RATE_LABELS
 
 
 def _png(figure) -> str:

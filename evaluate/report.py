@@ -16,36 +16,14 @@ from typing import Any
 
 from core.scoring import CODES
 from core.turns import LOWER_IS_BETTER
+from evaluate.labels import AGENT_LABELS, RATE_LABELS, RATE_TURNS
 
-RATE_LABELS = {  # the headline first (what --fail-under gates), over-calling next to it (what gates refuse)
-    "exact_call_accuracy": "Exact-call accuracy",
-    "over_call_rate": "Over-calling (a call where none is right)",
-    "parsed_call_rate": "Parsed-call rate",
-    "name_accuracy": "Name accuracy",
-    "schema_valid_rate": "Schema-valid rate",
-    "abstention_accuracy": "Abstention accuracy",
-    "turn_success_rate": "Turn success",
-}
-# Which turns each rate is over (`core.turns`): those with a reference call, those answered without one, all.
-RATE_TURNS = {key: "call" for key in RATE_LABELS} | {
-    "over_call_rate": "answer",
-    "abstention_accuracy": "answer",
-    "turn_success_rate": "",
-}
 HEADLINE_NOTE = (
     "The headline turn-level number is exact-call accuracy on call turns (right tool, right arguments, no "
     "leaked markup); over-calling, next to it, is the share of the turns the reference answers without a tool "
     "where the model called one anyway (structured or malformed; lower is better); abstention accuracy counts "
     "real answers (no call, no markup, not empty) on those turns; turn success mixes both."
 )
-AGENT_LABELS = {
-    "success_rate": "Agent task success",
-    "mean_tool_calls": "Tool calls / episode",
-    "mean_invalid_calls": "Invalid calls / episode",
-    "mean_retries": "Retries / episode",
-    "mean_steps": "Steps / episode",
-    "mean_wall_s": "Wall time / episode (s)",
-}
 PERCENT_METRICS = set(RATE_LABELS) | {"success_rate"}
 # +1: higher is better, -1: lower is better, 0: neither (how a delta is coloured)
 DIRECTION = {

@@ -90,10 +90,24 @@ def decide(report: dict[str, Any], alpha: float = ALPHA) -> dict[str, Any]:
                 }
             )
     promoted = all(check["passed"] for check in checks)
-    failed = [check["check"] for check in checks if not check["passed"]]
+    failed = [explain(check, alpha) for check in checks if not check["passed"]]
     return {
         "promoted": promoted,
         "alpha": alpha,
         "checks": checks,
         "reason": "every check passed" if promoted else "not promoted: " + "; ".join(failed),
     }
+
+
+def explain(check: dict[str, Any], alpha: float) -> str:
+    """A failed check with its evidence, e.g. "held-out agent tasks: candidate solves more (candidate 56% vs
+    baseline 50% of 48; 4 cases only the candidate, 1 only the baseline; one-sided p = 0.19, alpha 0.05)"."""
+    if not check.get("n"):
+        return f"{check['check']} (no cases)"
+    sided = "one-sided" if "p_one_sided" in check else "two-sided"
+    p = check.get("p_one_sided", check.get("p_two_sided"))
+    return (
+        f"{check['check']} (candidate {check['candidate']:.0%} vs baseline {check['baseline']:.0%} of {check['n']}; "
+        f"{check['candidate_only']} cases only the candidate, {check['baseline_only']} only the baseline; "
+        f"{sided} p = {p:.2g}, alpha {alpha})"
+    )

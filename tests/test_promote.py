@@ -179,7 +179,8 @@ def test_a_candidate_is_refused_for_over_calling_alone():
     assert [c for c, check in checks.items() if not check["passed"]] == [
         "held-out no-call turns: over-calling not significantly higher"
     ]
-    assert decision["reason"] == "not promoted: held-out no-call turns: over-calling not significantly higher"
+    assert decision["reason"].startswith("not promoted: held-out no-call turns: over-calling not significantly higher")
+    assert "only the candidate" in decision["reason"] and "two-sided p = 0.0078" in decision["reason"]
     agent, exact, over = decision["checks"]
     assert agent["passed"] and agent["p_one_sided"] == pytest.approx(2**-16)
     assert exact["passed"] and exact["n"] == 18 and exact["p_two_sided"] == 1.0
