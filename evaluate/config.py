@@ -35,7 +35,9 @@ class EvalConfig(Settings):
     model: str | None = None  # default: the base model in the adapter's manifest.json
     baseline: bool | None = None  # None: on when an adapter or a baseline model is given
     baseline_model: str | None = None  # default: `model` (without the adapter)
-    baseline_adapter: Path | None = None  # compare against this adapter (e.g. the one in use) instead of the base
+    baseline_adapter: Path | None = (
+        None  # compare against this adapter (e.g. the one in use) instead of the base
+    )
     data: Path = Path("data/test.jsonl")
     limit: Positive | None = None  # only the first N samples / held-out tasks
     turns: bool = True
@@ -175,7 +177,10 @@ def plan_sides(config: EvalConfig) -> Plan:
         )
     if config.baseline_adapter is not None and (config.server or config.baseline_server):
         raise EvalError("--baseline-adapter compares two adapters of a local model: not with --server")
-    if config.baseline_adapter is not None and not (Path(config.baseline_adapter) / "adapters.safetensors").is_file():
+    if (
+        config.baseline_adapter is not None
+        and not (Path(config.baseline_adapter) / "adapters.safetensors").is_file()
+    ):
         raise EvalError(f"{config.baseline_adapter}: no adapters.safetensors (not an adapter directory?)")
     if use_baseline and config.server and not config.baseline_server:
         raise EvalError("--baseline with --server needs --baseline-server URL (the base model's endpoint)")
@@ -187,5 +192,7 @@ def plan_sides(config: EvalConfig) -> Plan:
         # a baseline server is checked against --baseline-model only: the candidate's model says nothing of it
         base_model = config.baseline_model if config.baseline_server else (config.baseline_model or model)
         base_label = "baseline adapter" if config.baseline_adapter else "base"
-        sides.insert(0, Side("baseline", base_label, base_model, config.baseline_adapter, config.baseline_server))
+        sides.insert(
+            0, Side("baseline", base_label, base_model, config.baseline_adapter, config.baseline_server)
+        )
     return Plan(default_name(config), model, sides)

@@ -17,11 +17,7 @@ from collections import Counter
 from typing import Any
 
 from evaluate import bfcl
-
-HEADLINE = (
-    ("exact_call_accuracy", "Exact-call accuracy"),
-    ("over_call_rate", "Over-calling (no call is right)"),
-)
+from evaluate.labels import GENERAL_HEADLINE as HEADLINE
 
 
 def load(spec: str | None) -> list[dict]:
@@ -155,36 +151,3 @@ def general_regressions(general: dict) -> list[dict]:
         if row["paired"] and key in row["paired"]:
             flags += stats.rate_regressions({key: row["paired"][key]}, where=f"general {category}: ")
     return flags
-
-
-def headline_rows(general: dict) -> list[dict]:
-    """Rows for evaluate's headline table (console and HTML): the general rates next to the user's turns."""
-    rows = []
-    paired = (general.get("comparison") or {}).get("paired", {})
-    base = (general.get("baseline") or {}).get("rates", {})
-    for key, label in HEADLINE:
-        rows.append(
-            _row(
-                "general", key, label, base.get(key), general["candidate"]["rates"].get(key), paired.get(key)
-            )
-        )
-    for category, row in general["per_category"].items():
-        key, label = HEADLINE[1] if row["no_call"] else HEADLINE[0]
-        b = (row.get("baseline") or {}).get("rates", {}).get(key)
-        stat = (row.get("paired") or {}).get(key)
-        rows.append(_row(f"general · {category}", key, label, b, row["candidate"]["rates"].get(key), stat))
-    return rows
-
-
-def _row(level: str, key: str, label: str, base, adapter, stat: dict | None) -> dict:
-    return {
-        "metric": label,
-        "key": key,
-        "level": level,
-        "base": base,
-        "adapter": adapter,
-        "delta": adapter - base if adapter is not None and base is not None else None,
-        "percent": True,
-        "ci": (stat["ci_low"], stat["ci_high"]) if stat and stat.get("ci_low") is not None else None,
-        "p": stat["mcnemar_p"] if stat else None,
-    }

@@ -25,3 +25,8 @@ AGENT_LABELS = {
     "mean_steps": "Steps / episode",
     "mean_wall_s": "Wall time / episode (s)",
 }
+# the general check's headline rates (evaluate.general): exact calls where a call is right, over-calling where none is
+GENERAL_HEADLINE = (
+    ("exact_call_accuracy", "Exact-call accuracy"),
+    ("over_call_rate", "Over-calling (no call is right)"),
+)

@@ -16,7 +16,7 @@ from typing import Any
 
 from core.scoring import CODES
 from core.turns import LOWER_IS_BETTER
-from evaluate.labels import AGENT_LABELS, RATE_LABELS, RATE_TURNS
+from evaluate.labels import AGENT_LABELS, GENERAL_HEADLINE, RATE_LABELS, RATE_TURNS
 
 HEADLINE_NOTE = (
     "The headline turn-level number is exact-call accuracy on call turns (right tool, right arguments, no "
@@ -117,8 +117,6 @@ def headline_rows(report: dict) -> list[dict]:
                 }
             )
     if report.get("general"):  # the public general check (evaluate.general), next to the user's own turns
-        from evaluate.general import headline_rows as general_rows
-
         rows += general_rows(report["general"])
     return rows
 
@@ -141,6 +139,41 @@ pre { margin: 0; white-space: pre-wrap; word-break: break-word; max-height: 18em
 .meta td { border: none; padding: 1px 12px 1px 0; }
 img { max-width: 100%; }
 """
+
+
+def general_rows(general: dict) -> list[dict]:
+    """Rows for evaluate's headline table (console and HTML): the general rates next to the user's turns."""
+    rows = []
+    paired = (general.get("comparison") or {}).get("paired", {})
+    base = (general.get("baseline") or {}).get("rates", {})
+    for key, label in GENERAL_HEADLINE:
+        rows.append(
+            _general_row(
+                "general", key, label, base.get(key), general["candidate"]["rates"].get(key), paired.get(key)
+            )
+        )
+    for category, row in general["per_category"].items():
+        key, label = GENERAL_HEADLINE[1] if row["no_call"] else GENERAL_HEADLINE[0]
+        b = (row.get("baseline") or {}).get("rates", {}).get(key)
+        stat = (row.get("paired") or {}).get(key)
+        rows.append(
+            _general_row(f"general · {category}", key, label, b, row["candidate"]["rates"].get(key), stat)
+        )
+    return rows
+
+
+def _general_row(level: str, key: str, label: str, base, adapter, stat: dict | None) -> dict:
+    return {
+        "metric": label,
+        "key": key,
+        "level": level,
+        "base": base,
+        "adapter": adapter,
+        "delta": adapter - base if adapter is not None and base is not None else None,
+        "percent": True,
+        "ci": (stat["ci_low"], stat["ci_high"]) if stat and stat.get("ci_low") is not None else None,
+        "p": stat["mcnemar_p"] if stat else None,
+    }
 
 
 def _e(value: Any) -> str:
