@@ -325,4 +325,5 @@ def checker_verdict(checker: types.ModuleType, sample: dict, tool_calls: list[di
         bfcl["category"],
         "flywheel",
     )
-    return bool(result["valid"]), result.get("error_type", "")
+    valid = bool(result["valid"])  # BFCL leaves "…:unclear" in error_type on valid answers too
+    return valid, "" if valid else result.get("error_type", "")
