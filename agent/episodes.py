@@ -214,6 +214,17 @@ def response_models(messages) -> list[str]:
     return sorted({m.model_name for m in messages if isinstance(m, ModelResponse) and m.model_name})
 
 
+# Errors of the serving side (HTTP status, connection, timeout): the model never answered, so the episode says
+# nothing about the policy. Names as `describe` writes them.
+SERVER_ERRORS = ("ModelHTTPError", "ModelAPIError", "APIConnectionError", "APIStatusError", "APITimeoutError", "ConnectError",
+                 "ReadTimeout", "RemoteProtocolError", "TimeoutError")  # fmt: skip
+
+
+def server_failed(episode: Episode) -> bool:
+    """The episode ended because the server failed, not because the model did."""
+    return bool(episode.error) and episode.error.split(":", 1)[0] in SERVER_ERRORS
+
+
 def describe(error: BaseException) -> str:
     if isinstance(error, TimeoutError):
         return "TimeoutError: episode exceeded its time limit"

@@ -274,6 +274,18 @@ def build_suite(data: dict, name: str, path: Path | None = None) -> Suite:
     return Suite(data.get("name", name), split_tasks["train"], split_tasks["held_out"], path)
 
 
+def round_robin(tasks: list[Task], n: int | None = None) -> list[Task]:
+    """The first `n` tasks (all with None) taking one of each template in turn, so that a limited evaluation
+    still meets every template instead of the first few."""
+    groups: dict[str, list[Task]] = {}
+    for task in tasks:
+        groups.setdefault(task.template, []).append(task)
+    picked = []
+    for rank in range(max((len(g) for g in groups.values()), default=0)):
+        picked += [group[rank] for group in groups.values() if rank < len(group)]
+    return picked[:n] if n else picked
+
+
 def fresh_train_tasks(suite: Suite, per_template: int | dict[str, int], draw: int) -> list[Task]:
     """`per_template` new tasks for each template the suite trains on, drawn from its *train* pools (never the
     held-out pools, never a held-out-only template) with prompts no task of the suite has: the new work a

@@ -133,17 +133,6 @@ def spread(items: list, n: int) -> list:
     return [items[i * len(items) // n] for i in range(n)]
 
 
-def round_robin_tasks(tasks: list, n: int) -> list:
-    """The first n tasks taking one of each template in turn, so every template is represented."""
-    groups: dict[str, list] = {}
-    for task in tasks:
-        groups.setdefault(task.template, []).append(task)
-    picked = []
-    for rank in range(max((len(g) for g in groups.values()), default=0)):
-        picked += [group[rank] for group in groups.values() if rank < len(group)]
-    return picked[:n] if n else picked
-
-
 def load_line() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -523,7 +512,7 @@ def main(argv: list[str] | None = None) -> dict:
     total_started = time.monotonic()
     model = resolve_model(args.model)
 
-    from agent.tasks import load_suite
+    from agent.tasks import load_suite, round_robin
     from core.turns import load_samples
     from evaluate.report import print_summary, write_reports
     from flywheel.stages import move_aside
@@ -576,7 +565,7 @@ def main(argv: list[str] | None = None) -> dict:
     turn_files = {"test split": data_dir / "test.jsonl", "held-out tasks": held_data / "train.jsonl"}
     all_turns = {name: load_samples(path) for name, path in turn_files.items()}
     turn_sets = {name: spread(samples, args.turn_limit) for name, samples in all_turns.items()}
-    tasks = round_robin_tasks(suite.held_out, args.agent_tasks)
+    tasks = round_robin(suite.held_out, args.agent_tasks)
 
     # 3 train
     import train

@@ -62,14 +62,14 @@ def checked(episodes: list, verified: dict, base_url: str) -> list[dict]:
 def evaluate_agent_level(config: EvalConfig, plan: Plan, identities: dict) -> dict[str, Any]:
     """Every side's episodes and summary, and with a baseline their paired comparison by task."""
     from agent.episodes import summarize
-    from agent.tasks import load_suite
+    from agent.tasks import load_suite, round_robin
     from evaluate import stats
 
     try:
         suite = load_suite(config.tasks)
     except (FileNotFoundError, ValueError) as error:
         raise EvalError(f"--tasks {config.tasks}: {error}") from None
-    tasks = suite.held_out[: config.limit] if config.limit else suite.held_out
+    tasks = round_robin(suite.held_out, config.limit) if config.limit else suite.held_out
     traces = Path(config.traces_dir or config.out_dir / f"{plan.name}-traces")
     agent: dict[str, Any] = {
         "suite": config.tasks,

@@ -23,14 +23,14 @@ from typing import Any
 from core.turns import made_call
 from flywheel.config import LoopConfig
 from flywheel.promote import decide
-from flywheel.steps import curate_round, evaluate_round, train_round
+from flywheel.steps import LoopError, curate_round, evaluate_round, train_round
 
 
 def attempt(
     config: LoopConfig, student: Path, adapter: Path | None, suite, traces: Path, draw: int, console
 ) -> dict:
     """The served student attempts each task `config.attempts` times; outcomes from the tasks' own checks."""
-    from agent.episodes import run_episodes
+    from agent.episodes import run_episodes, server_failed
     from core.outcomes import append_outcomes, outcome_record
     from core.trace import read_records
     from flywheel.serve import serving
@@ -54,6 +54,12 @@ def attempt(
             episodes += run_episodes(
                 extra, served.base_url, "default_model", description=description, **options
             )
+    if broken := [e for e in episodes if server_failed(e)]:
+        # a dead or failing student server is not the student failing: never label or train on those attempts
+        raise LoopError(
+            f"{len(broken)}/{len(episodes)} attempts ended in a server error, not a failure of the student "
+            f"(first: {broken[0].task_id}: {broken[0].error}); traces so far in {traces}"
+        )
     append_outcomes(
         traces,
         [

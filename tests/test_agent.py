@@ -256,3 +256,39 @@ def test_agent_runs_against_a_real_mlx_server(suite, tool_server):
         }, episode.error
         assert all(call["name"] in names or episode.invalid_calls for call in episode.calls)
     assert sum(e.tool_calls for e in episodes) >= 1  # the tool-calling model does call tools
+
+
+def test_a_limited_evaluation_meets_every_template_in_turn(suite):
+    from agent.tasks import round_robin
+
+    templates = suite.templates("held_out")
+    picked = round_robin(suite.held_out, len(templates))
+    assert [t.template for t in picked] == list(dict.fromkeys(t.template for t in suite.held_out))
+    assert sorted(t.template for t in picked) == sorted(templates)
+    assert round_robin(suite.held_out) == round_robin(suite.held_out, None) and len(
+        round_robin(suite.held_out)
+    ) == len(suite.held_out)
+    second = round_robin(suite.held_out, 2 * len(templates))[len(templates) :]
+    assert {t.template for t in second} == set(templates) and not {t.id for t in second} & {
+        t.id for t in picked
+    }
+
+
+def test_a_failing_server_is_told_apart_from_a_failing_model(suite, tmp_path):
+    """Nothing listening, a proxy whose upstream is gone (502): server failures. A model that answers wrongly
+    or loops: the model's own failures. Rounds refuse to label or train on the first kind."""
+    from agent.episodes import server_failed
+    from core.net import free_port
+    from core.process import RecordingProxy
+
+    task = first(suite, "read_value")
+    nobody = run_episode(task, f"http://127.0.0.1:{free_port()}/v1", "m", timeout=5)
+    with RecordingProxy(f"http://127.0.0.1:{free_port()}", tmp_path / "traces") as recording:
+        gone = run_episode(task, recording.base_url, "m", timeout=10)
+    with Teacher(suite, policy="answer-only") as teacher:
+        wrong = run_episode(task, teacher.base_url, teacher.model_name)
+    with Teacher(suite, policy="loop") as teacher:
+        looping = run_episode(task, teacher.base_url, teacher.model_name, max_steps=3)
+    assert [server_failed(e) for e in (nobody, gone, wrong, looping)] == [True, True, False, False], [
+        e.error for e in (nobody, gone, wrong, looping)
+    ]

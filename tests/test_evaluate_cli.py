@@ -344,6 +344,7 @@ def test_agent_level_via_proxy(tmp_path, full_adapter, data_file):
     for side in ("baseline", "candidate"):
         episodes = agent[side]["episodes"]
         assert len(episodes) == 2
+        assert len({e["template"] for e in episodes}) == 2  # a limit takes templates in turn, not the first few
         assert {"task_id", "success", "tool_calls", "invalid_calls", "retries", "steps", "wall_s"} <= set(
             episodes[0]
         )
