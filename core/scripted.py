@@ -340,8 +340,7 @@ class ScriptedServer(Served):
 def serve_until_stopped(server: ScriptedServer, announce: Callable[[ScriptedServer], None]) -> None:
     """A CLI's main loop: start `server`, `announce` it, serve until SIGINT, SIGTERM or SIGHUP, then stop."""
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, lambda *_: stop.set())
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     server.start()
     try:
         announce(server)
@@ -349,3 +348,5 @@ def serve_until_stopped(server: ScriptedServer, announce: Callable[[ScriptedServ
             pass
     finally:
         server.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -100,3 +100,13 @@ def test_a_single_local_model_server_needs_no_name(tool_server):
     from flywheel.collect import teacher_model_name
 
     assert teacher_model_name(tool_server.base_url, "x", None) in ("default_model", str(tool_server.model))
+
+
+def test_the_bundled_qwen_rounds_config_is_valid_and_is_the_real_model_recipe():
+    """bench/qwen_rounds.toml (the README's Qwen rounds command) loads, and its [train] table is
+    bench/real_model.py's recipe (rank 8 on the last 8 blocks + lm_head, 250 iterations, lr 1e-4)."""
+    config = load(LoopConfig, ROOT / "bench" / "qwen_rounds.toml")
+    trained = TrainConfig(**config.train_settings(Path("qwen"), Path("d"), Path("a")))
+    assert (config.rounds, config.eval_limit) == (2, 24)
+    assert (trained.num_layers, trained.lora_rank, trained.lora_lm_head, trained.iters) == (8, 8, True, 250)
+    assert (trained.learning_rate, trained.batch_size) == (1e-4, 1)

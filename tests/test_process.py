@@ -122,10 +122,19 @@ def test_ctrl_c_while_starting_stops_the_child_and_propagates(private_tmp):
     never_ready = ManagedProcess(
         [sys.executable, "-c", "import time; time.sleep(60)"], ready_event="listening"
     )
-    timer = threading.Timer(1.0, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        never_ready.start()
+    done = threading.Event()
+
+    def press_ctrl_c() -> None:  # once the child runs, and again until start() gives up (a loaded machine)
+        while not done.wait(1.0):
+            if never_ready.process is not None and not done.is_set():
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            never_ready.start()
+    finally:
+        done.set()
     assert not alive(never_ready.process.pid)
     assert list(private_tmp.iterdir()) == []
 

@@ -133,6 +133,7 @@ COVERAGE: dict[str, tuple[str, ...]] = {
         "tests/test_bfcl.py::test_fetch_is_pinned_and_the_fixture_is_the_wheels",  # slow: PyPI download
         "tests/test_bfcl.py::test_category_spec_and_clear_errors",  # what happens without it
     ),
+    "python -m evaluate --general": ("tests/test_evaluate_cli.py::test_general_check_beside_the_users_turns",),
     "python -m evaluate --adapter adapters/tools --no-agent --general": (
         "tests/test_evaluate_cli.py::test_general_check_beside_the_users_turns",
     ),
@@ -176,6 +177,14 @@ COVERAGE: dict[str, tuple[str, ...]] = {
     "python -m flywheel --rounds 3": (
         "tests/test_rounds.py::test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report",
         "tests/test_rounds.py::test_a_rerun_reuses_every_round",
+    ),
+    "python -m flywheel --rounds 3 --attempt-focus 400": (
+        "tests/test_rounds.py::test_focused_attempts_go_where_the_student_failed",
+        "tests/test_rounds.py::test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report",
+    ),
+    "python -m flywheel --config bench/qwen_rounds.toml": (
+        "tests/test_loop_config.py::test_the_bundled_qwen_rounds_config_is_valid_and_is_the_real_model_recipe",
+        "tests/test_rounds.py::test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report",
     ),
     "uv lock": ("external: uv's own command; its output, uv.lock, is what `uv run` installs for every test",),
 }
