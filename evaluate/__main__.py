@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     turns.add_argument(
         "--no-turns", dest="turns", action="store_false", default=None, help="skip the turn-level evaluation"
     )
-    turns.add_argument("--limit", type=int, help="only the first N samples (and N held-out tasks)")
+    turns.add_argument("--limit", type=int, help="only the first N samples, and N held-out tasks taken one template at a time")
     turns.add_argument(
         "--batch-size",
         type=int,

@@ -39,7 +39,7 @@ class EvalConfig(Settings):
         None  # compare against this adapter (e.g. the one in use) instead of the base
     )
     data: Path = Path("data/test.jsonl")
-    limit: Positive | None = None  # only the first N samples / held-out tasks
+    limit: Positive | None = None  # the first N samples; N held-out tasks taken one template at a time
     turns: bool = True
     agent: bool = True
     tasks: str = "default"

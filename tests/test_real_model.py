@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.tasks import load_suite
-from bench.real_model import round_robin_tasks, spread
+from bench.real_model import spread
 from models.fetch import cached_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,15 +22,6 @@ def test_spread_keeps_order_and_covers_the_file():
     assert spread(items, 0) == items
     assert spread(items, 20) == items
     assert spread(items, 5) == [0, 2, 4, 6, 8]
-
-
-def test_round_robin_takes_every_template_before_repeating_one():
-    held_out = load_suite("demo").held_out
-    templates = {task.template for task in held_out}
-    picked = round_robin_tasks(held_out, len(templates))
-    assert {task.template for task in picked} == templates
-    assert len(round_robin_tasks(held_out, 0)) == len(held_out)
-    assert len({task.id for task in round_robin_tasks(held_out, 0)}) == len(held_out)
 
 
 def test_missing_model_fails_with_the_fetch_command(tmp_path):
