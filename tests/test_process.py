@@ -129,12 +129,16 @@ def test_ctrl_c_while_starting_stops_the_child_and_propagates(private_tmp):
             if never_ready.process is not None and not done.is_set():
                 signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
+    # as in a terminal: Python's own Ctrl-C handler (a runner started in the background by a non-interactive
+    # shell inherits SIGINT ignored, and Python then leaves it ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=press_ctrl_c, daemon=True).start()
     try:
         with pytest.raises(KeyboardInterrupt):
             never_ready.start()
     finally:
         done.set()
+        signal.signal(signal.SIGINT, previous)
     assert not alive(never_ready.process.pid)
     assert list(private_tmp.iterdir()) == []
 
