@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
 import pytest
 
 import core  # noqa: F401  (binds the fast BLAS before anything imports mlx)
+
+# The tests press Ctrl-C as a terminal does. A runner started in the background by a non-interactive shell
+# inherits SIGINT ignored, Python then leaves it ignored, and every child would inherit that too: restore
+# Python's own handler (a caught signal is reset to the default in the children).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Child processes (mlx_lm server, proxy, CLIs) would otherwise recompile every import each time (~4 s each).
