@@ -182,6 +182,10 @@ COVERAGE: dict[str, tuple[str, ...]] = {
         "tests/test_rounds.py::test_focused_attempts_go_where_the_student_failed",
         "tests/test_rounds.py::test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report",
     ),
+    "python -m flywheel --config bench/qwen_rounds.toml --student \"$(uv run python -m models fetch qwen2.5-coder-0.5b)\"": (
+        "tests/test_loop_config.py::test_the_bundled_qwen_rounds_config_is_valid_and_is_the_real_model_recipe",
+        "tests/test_rounds.py::test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report",
+    ),
     "python -m flywheel --config bench/qwen_rounds.toml": (
         "tests/test_loop_config.py::test_the_bundled_qwen_rounds_config_is_valid_and_is_the_real_model_recipe",
         "tests/test_rounds.py::test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report",
