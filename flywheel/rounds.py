@@ -25,6 +25,8 @@ from flywheel.config import LoopConfig
 from flywheel.promote import decide
 from flywheel.steps import LoopError, curate_round, evaluate_round, train_round
 
+MAX_SERVER_ERROR_SHARE = 0.1  # more attempts than this lost to server errors: the server is failing, stop
+
 
 def attempt(
     config: LoopConfig, student: Path, adapter: Path | None, suite, traces: Path, draw: int, console
@@ -54,12 +56,15 @@ def attempt(
             episodes += run_episodes(
                 extra, served.base_url, "default_model", description=description, **options
             )
-    if broken := [e for e in episodes if server_failed(e)]:
-        # a dead or failing student server is not the student failing: never label or train on those attempts
+    # mlx_lm server now and then drops a connection under concurrent load (a 502 for that request): such an
+    # attempt says nothing about the student, so it is neither labelled nor trained on; a failing server stops
+    broken = [e for e in episodes if server_failed(e)]
+    if len(broken) > MAX_SERVER_ERROR_SHARE * len(episodes):
         raise LoopError(
             f"{len(broken)}/{len(episodes)} attempts ended in a server error, not a failure of the student "
             f"(first: {broken[0].task_id}: {broken[0].error}); traces so far in {traces}"
         )
+    episodes = [e for e in episodes if not server_failed(e)]
     append_outcomes(
         traces,
         [
@@ -71,6 +76,7 @@ def attempt(
     collection = {
         "policy": served.policy,
         "episodes": len(episodes),
+        "server_errors": len(broken),
         "solved": sum(e.success for e in episodes),
         "by_template": {t: {"solved": solved[t], "episodes": n} for t, n in sorted(tried.items())},
         "agent_requests": sum(e.steps for e in episodes),
