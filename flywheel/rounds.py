@@ -98,21 +98,13 @@ def attempt(
 def attempted_tasks(suite, config: LoopConfig, draw: int) -> list:
     """What the student attempts in a round: `attempt_tasks` tasks (default: as many as the suite trains on)
     spread over the train templates: fresh ones from the train pools (`draw` picks them), or the suite's own."""
-    from agent.tasks import fresh_train_tasks
+    from agent.tasks import fresh_train_tasks, round_robin
 
-    templates = suite.templates("train")
     wanted = config.attempt_tasks or len(suite.train)
     if config.attempt_on == "fresh":
-        per_template = -(-wanted // len(templates))
-        by_template = group_by_template(fresh_train_tasks(suite, per_template, draw))
-    else:
-        by_template = group_by_template(suite.train)
-    chosen = []
-    while len(chosen) < wanted and any(by_template.values()):
-        for queue in by_template.values():
-            if queue and len(chosen) < wanted:
-                chosen.append(queue.pop(0))
-    return chosen
+        per_template = -(-wanted // len(suite.templates("train")))
+        return round_robin(fresh_train_tasks(suite, per_template, draw), wanted)
+    return round_robin(suite.train, wanted)
 
 
 def focused_tasks(suite, episodes: list, budget: int, draw: int) -> list:
@@ -127,13 +119,6 @@ def focused_tasks(suite, episodes: list, budget: int, draw: int) -> list:
         return []
     shares = {t: round(budget * n / total) for t, n in failed.items()}
     return fresh_train_tasks(suite, shares, 1000 + draw)
-
-
-def group_by_template(tasks: list) -> dict[str, list]:
-    grouped: dict[str, list] = {}
-    for task in tasks:
-        grouped.setdefault(task.template, []).append(task)
-    return grouped
 
 
 def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float | None, float | None]:
