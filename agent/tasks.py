@@ -294,7 +294,7 @@ def fresh_train_tasks(suite: Suite, per_template: int | dict[str, int], draw: in
     as its pools still hold up to its count."""
     if suite.path is None:
         raise SuiteError(f"suite {suite.name!r}: fresh tasks need its file")
-    data = json.loads(suite.path.read_text(encoding="utf-8"))
+    data = read_suite_data(suite.path)
     rng = random.Random(f"{data.get('seed', 0)}:fresh:{draw}")
     seen = {task.prompt for task in suite.tasks}
     trained = set(suite.templates("train"))
@@ -327,11 +327,29 @@ def load_suite(name_or_path: str | Path = "default") -> Suite:
             raise SuiteError(
                 f"suite {str(name_or_path)!r} not found: not a file, and not one of {', '.join(available_suites())}"
             )
+    return build_suite(read_suite_data(path), path.stem, path)
+
+
+def read_suite_data(path: Path, depth: int = 0) -> dict:
+    """A suite file's data, with `"extends": NAME` resolved: the named suite's pools and templates come first
+    (so its tasks are drawn exactly as in that suite), this file's pools are added and its templates appended."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise SuiteError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from error
-    return build_suite(data, path.stem, path)
+    base_name = data.get("extends") if isinstance(data, dict) else None
+    if base_name is None:
+        return data
+    base_path = SUITES_DIR / f"{base_name}.json"
+    if not isinstance(base_name, str) or not base_path.is_file() or depth > 4:
+        raise SuiteError(f"{path}: extends: {base_name!r} is not one of {', '.join(available_suites())}")
+    base = read_suite_data(base_path, depth + 1)
+    return {
+        **base,
+        **{k: v for k, v in data.items() if k not in ("extends", "pools", "templates")},
+        "pools": {**base.get("pools", {}), **data.get("pools", {})},
+        "templates": base.get("templates", []) + data.get("templates", []),
+    }
 
 
 def read_workspace_file(root: Path, path: str) -> str | None:

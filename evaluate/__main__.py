@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.cli import command_parser
+from core.cli import command_parser, interrupt_on_stop_signals
 from evaluate.config import EvalConfig
 
 EPILOG = """\
@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     from evaluate.report import print_summary
 
     args = build_parser().parse_args(argv)
+    interrupt_on_stop_signals()
     try:
         config = load(EvalConfig, args.config, overrides=flag_overrides(args, EvalConfig))
         if config.general is None:

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.cli import command_parser
+from core.cli import command_parser, interrupt_on_stop_signals
 
 EPILOG = """examples:
   uv run python -m flywheel                      # the whole loop on the tiny student (a few minutes)
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
+    interrupt_on_stop_signals()
 
     from rich.console import Console
 

@@ -100,7 +100,7 @@ def test_no_adversary_solves_a_task_that_needs_tools(served, policy):
     tasks = per_template(suite.held_out, TASKS_PER_TEMPLATE.get(policy))
     by_id = {task.id: task for task in tasks}
     episodes = episodes_of(teacher, policy, tasks)
-    assert len(episodes) == len(by_id) and sum(t.needs_tools for t in tasks) >= len(tasks) - 6
+    assert len(episodes) == len(by_id) and sum(t.needs_tools for t in tasks) >= len(tasks) // 2
     solved = [e.task_id for e in episodes if e.success and by_id[e.task_id].needs_tools]
     assert solved == []
     assert all(e.failed_checks or e.error for e in episodes if by_id[e.task_id].needs_tools)

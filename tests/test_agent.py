@@ -122,6 +122,27 @@ def test_bad_suite_files_name_the_field(tmp_path):
         load_suite(path)
     with pytest.raises(SuiteError, match="not one of default"):
         load_suite("no-such-suite")
+    path.write_text(json.dumps({"extends": "nope", "templates": []}))
+    with pytest.raises(SuiteError, match=r"bad.json: extends: 'nope' is not one of default, demo"):
+        load_suite(path)
+
+
+def test_a_suite_that_extends_another_draws_its_tasks_unchanged():
+    """demo_mixed = the demo's tasks, drawn exactly as in `demo` (the same prompts, files and checks), plus
+    questions none of the agent's tools serves; the teacher answers those without a call."""
+    from agent.actions import Answer, solve
+    from agent.tasks import fresh_train_tasks
+
+    demo, mixed = load_suite("demo"), load_suite("demo_mixed")
+    for split in ("train", "held_out"):
+        theirs = [t for t in mixed.split(split) if t.template in demo.templates()]
+        assert [t.to_dict() for t in theirs] == [t.to_dict() for t in demo.split(split)]
+    extra = [t for t in mixed.tasks if t.template not in demo.templates()]
+    assert {t.template for t in extra} == {"add_numbers", "count_apples"} and len(extra) == 72
+    assert not any(t.needs_tools for t in extra)
+    assert all(solve(t, []) == Answer(str(int(t.params["a"]) + int(t.params["b"]))) for t in extra)
+    fresh = fresh_train_tasks(mixed, 2, draw=1)  # the merged file, not only the extending one
+    assert {t.template for t in fresh} == set(mixed.templates("train")) and len(fresh) == 18
 
 
 # ------------------------------------------------------------------------------------------- the agent

@@ -268,3 +268,36 @@ def group_members(pgid: int) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
     return members
+
+
+@pytest.mark.skipif(not LINUX, reason="finds the process group's members via /proc")
+@pytest.mark.parametrize("stop", [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.slow)])
+def test_a_stop_signal_to_the_loop_leaves_no_child_or_log(tmp_path, stop):
+    """`python -m flywheel` stopped by `kill -TERM -PGID` (a process manager) or a closed terminal (SIGHUP to
+    the group) while its proxy runs: it unwinds like Ctrl-C, so no child outlives it and no server log is left
+    in the temp directory (Python's default for both signals is to die without running any `with` block)."""
+    temp = tmp_path / "child-tmp"
+    temp.mkdir()
+    command = python_command("flywheel", "--quick", "--root", tmp_path / "root")
+    run = subprocess.Popen(
+        command, cwd=ROOT, env=dict(os.environ, TMPDIR=str(temp)), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        logs: list[Path] = []
+        while time.monotonic() < deadline and run.poll() is None and not logs:
+            logs = list(temp.glob("flywheel-proxy-*.log"))
+            time.sleep(0.1)
+        assert logs, f"the loop's proxy never started: {run.stderr.read()[-3000:] if run.poll() else ''}"
+        children = [pid for pid in group_members(run.pid) if pid != run.pid]
+        assert children, "the proxy runs in the loop's process group"
+        os.killpg(run.pid, stop)
+        _, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode != 0, err[-2000:]
+    assert group_gone(run.pid, 30), "something outlived the stop signal"
+    assert not any(map(alive, children)), "an orphaned child"
+    assert [p.name for p in temp.iterdir() if p.name != "mlx"] == [], err[-2000:]
