@@ -134,6 +134,7 @@ def build_record(exchange: Exchange, run_id: str | None = None) -> dict[str, Any
     complete = exchange.finished
     keep_raw = False
     status = exchange.status
+    done = False
     if exchange.streamed:
         response, done, problems = completion_from_sse(raw_text)
         if problems:
@@ -157,7 +158,12 @@ def build_record(exchange: Exchange, run_id: str | None = None) -> dict[str, Any
         if error is None:  # a bad_request explains the upstream's 4xx better
             error = {"type": "upstream_error", "message": f"HTTP {status} from upstream: {raw_text[:500]}"}
 
-    if exchange.failure is not None:
+    # openai-python stops reading at `data: [DONE]` and may close the connection before the stream's last
+    # bytes reach it: the client had the whole answer, so that disconnect is not a failure.
+    closed_after_done = exchange.failure == CLIENT_DISCONNECTED and done and "unparseable_response" not in flags
+    if closed_after_done:
+        complete = True
+    elif exchange.failure is not None:
         complete = False
         message = exchange.failure_message
         if exchange.failure == UPSTREAM_UNREACHABLE:
@@ -199,7 +205,7 @@ def build_record(exchange: Exchange, run_id: str | None = None) -> dict[str, Any
         id=exchange.id,
         session_id=exchange.session_id,
         started_at=rfc3339(exchange.started),
-        latency_ms=_ms(exchange.started, exchange.ended) if exchange.finished else None,
+        latency_ms=_ms(exchange.started, exchange.ended) if exchange.finished or closed_after_done else None,
         ttfb_ms=_ms(exchange.started, exchange.first_byte),
         upstream=exchange.upstream,
         endpoint=exchange.endpoint,

@@ -271,16 +271,25 @@ def test_concurrent_requests_each_recorded_once(real_proxy, samples):
     assert len(failed) <= 4, answers
     records = session_records(real_proxy.trace_file, session, 20)
     assert len({r["id"] for r in records}) == 20
+    cut = set()
     for record in records:
         i = int(record["request"]["messages"][0]["content"].split("_")[1].split(".")[0])
         assert record["stream"] == bool(i % 2)
         if i in failed:
             assert record["error"] is not None and record["http_status"] == answers[i].status_code
+        elif i % 2 and not record["complete"]:
+            # The server closed this stream mid-way: its SSE body ends with the connection, so the client saw
+            # a clean end without [DONE]; the record says what happened and holds what the client got.
+            assert "incomplete_stream" in record["flags"], record["flags"]
+            if record["response"]:
+                assert (recorded_message(record)["content"] or "") == (answers[i]["content"] or "")
+            cut.add(i)
         elif i % 2:
             assert record["complete"] and recorded_message(record) == answers[i]
         else:
             assert record["complete"]
             assert record["response"]["choices"][0]["message"]["content"] == (answers[i] or None)
+    assert len(failed | cut) <= 4, (failed, cut)
 
 
 def test_seeded_secrets_never_reach_the_trace_file(real_proxy, scripted_proxy):
@@ -732,6 +741,23 @@ def exchange(**fields) -> Exchange:
     base = dict(upstream="http://127.0.0.1:1", endpoint="/v1/chat/completions", session_id="s",
                 request_body=b'{"messages": [{"role": "user", "content": "hi"}]}', started=time.time())  # fmt: skip
     return Exchange(**{**base, **fields})
+
+
+def test_a_client_that_hangs_up_after_done_got_the_whole_answer():
+    """openai-python stops reading at `data: [DONE]` and may close before the stream's last bytes: mitmproxy
+    then reports a client disconnect, yet the client had every event. Complete, not a loss; a hang-up
+    before [DONE] stays an incomplete client_disconnected record."""
+    from proxy.capture import CLIENT_DISCONNECTED
+
+    event = {"choices": [{"index": 0, "delta": {"content": "all"}, "finish_reason": "stop"}]}
+    body = f"data: {json.dumps(event)}\n\n".encode()
+    hung_up = dict(status=200, streamed=True, failure=CLIENT_DISCONNECTED, failure_message="client disconnected")
+    after = build_record(exchange(chunks=[body, b"data: [DONE]\n\n"], **hung_up))
+    assert after["complete"] and after["error"] is None and after["flags"] == []
+    assert after["response"]["choices"][0]["message"]["content"] == "all" and validation_errors(after) == []
+    before = build_record(exchange(chunks=[body], **hung_up))
+    assert not before["complete"] and before["error"]["type"] == CLIENT_DISCONNECTED
+    assert {"client_disconnected", "incomplete_stream"} <= set(before["flags"])
 
 
 def test_non_json_request_is_a_bad_request_record():
