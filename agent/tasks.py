@@ -6,6 +6,8 @@ A suite file (see `suites/default.json`) holds a `seed`, named `pools` of values
 - `params` in order, each one of {"pool": name} | {"choice": [...]} | {"int": [lo, hi]} | {"sum": [p, q]} |
   {"lines": p, "pool": name} (p random pool values, one a line), optionally with "distinct_from": [params],
 - `prompt`, `files` {path: content} and `checks`, where `{param}` is replaced by its value (`{{` for `{`).
+`"extends": "demo"` builds on a bundled suite: its pools and templates first (its tasks are drawn unchanged),
+then this file's pools and templates (`suites/demo_mixed.json`).
 
 Checks are declarative tests of the end state and of the episode's tool calls, all of which must pass:
   answer_value {"value"}              the final answer names `value` as a value (a number as a whole number,
