@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ConfigError, load
+from core.config import ConfigError, flag_overrides, load
 from flywheel.loop import QUICK_ITERS, STUDENT_RECIPE, LoopConfig
 from train.config import TrainConfig
 
@@ -110,3 +110,17 @@ def test_the_bundled_qwen_rounds_config_is_valid_and_is_the_real_model_recipe():
     assert (config.rounds, config.eval_limit) == (2, 24)
     assert (trained.num_layers, trained.lora_rank, trained.lora_lm_head, trained.iters) == (8, 8, True, 250)
     assert (trained.learning_rate, trained.batch_size) == (1e-4, 1)
+
+
+def test_the_readme_sweep_command_runs_one_round_of_the_mixed_suite():
+    """`python -m flywheel --config bench/qwen_rounds.toml --rounds 1 --suite demo_mixed` (README, issue #17's
+    sweep): the flags override the file and the suite loads."""
+    from agent.tasks import load_suite
+    from flywheel.__main__ import build_parser
+
+    args = build_parser().parse_args(
+        ["--config", str(ROOT / "bench" / "qwen_rounds.toml"), "--rounds", "1", "--suite", "demo_mixed"]
+    )
+    config = load(LoopConfig, args.config, overrides=flag_overrides(args, LoopConfig))
+    assert (config.rounds, config.suite, config.train["lora_lm_head"]) == (1, "demo_mixed", True)
+    assert len(load_suite(config.suite).train) == 340

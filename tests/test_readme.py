@@ -186,6 +186,11 @@ COVERAGE: dict[str, tuple[str, ...]] = {
         "tests/test_loop_config.py::test_the_bundled_qwen_rounds_config_is_valid_and_is_the_real_model_recipe",
         "tests/test_rounds.py::test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report",
     ),
+    "python -m flywheel --config bench/qwen_rounds.toml --rounds 1 --suite demo_mixed --student QWEN": (
+        "tests/test_loop_config.py::test_the_readme_sweep_command_runs_one_round_of_the_mixed_suite",
+        "tests/test_agent.py::test_a_suite_that_extends_another_draws_its_tasks_unchanged",
+        "tests/test_demo.py::test_quick_demo_produces_every_artifact",
+    ),
     "python -m flywheel --config bench/qwen_rounds.toml": (
         "tests/test_loop_config.py::test_the_bundled_qwen_rounds_config_is_valid_and_is_the_real_model_recipe",
         "tests/test_rounds.py::test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report",
