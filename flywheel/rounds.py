@@ -77,6 +77,7 @@ def attempt(
         "policy": served.policy,
         "episodes": len(episodes),
         "server_errors": len(broken),
+        "server_error_sessions": [e.session_id for e in broken],  # recorded, never labelled
         "solved": sum(e.success for e in episodes),
         "by_template": {t: {"solved": solved[t], "episodes": n} for t, n in sorted(tried.items())},
         "agent_requests": sum(e.steps for e in episodes),

@@ -55,17 +55,20 @@ def test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report(two_rou
         assert Path(record["policy"]["adapter_path"]).resolve() == adapter_1
         assert len(record["policy"]["adapter_sha256"]) == 64
     outcomes = read_outcomes([second])
-    assert {r["session_id"] for r in records} == set(outcomes)
     collection = json.loads((second / "collection.json").read_text())
-    assert collection["episodes"] == len(outcomes) == 48 * collection["attempts"]  # --quick: 48 train tasks
+    # an attempt lost to a server error (mlx_lm server drops a connection now and then) is recorded, not labelled
+    lost = set(collection["server_error_sessions"])
+    assert len(lost) == collection["server_errors"] <= 0.1 * 48 * collection["attempts"] and not lost & set(outcomes)
+    assert {r["session_id"] for r in records} == set(outcomes) | lost
+    assert collection["episodes"] == len(outcomes) == 48 * collection["attempts"] - len(lost)  # --quick: 48 tasks
     assert collection["solved"] == sum(o["outcome"] == "success" for o in outcomes.values())
     assert all(o["source"] == "check" for o in read_outcomes([first]).values())
 
     # round 2's data: the teacher's episodes and the student's successes, failed attempts left out
     report = json.loads((root / "data" / run / "round-2" / "report.json").read_text())
     by_outcome = report["by_outcome"]
-    assert set(by_outcome) <= {"success", "failure"}
-    assert by_outcome.get("failure", {"usable": 0})["usable"] == 0
+    assert set(by_outcome) <= {"success", "failure"} | ({"(none)"} if lost else set())  # (none): server errors
+    assert by_outcome.get("failure", {"usable": 0})["usable"] == by_outcome.get("(none)", {"usable": 0})["usable"] == 0
     assert by_outcome["success"]["usable"] == by_outcome["success"]["exchanges"] > 0
     assert report["config"]["require_outcome"] == "success"
 
