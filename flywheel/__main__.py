@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     except (LoopError, ValueError, FileNotFoundError) as error:
         console.print(f"[red]flywheel: {error}[/]")
         return 1
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM/SIGHUP (interrupt_on_stop_signals)
+        signal_name = stop.args[0] if stop.args else "SIGINT"
+        console.print(f"flywheel: stopped by {signal_name}; finished stages are kept, the same command resumes")
+        return 130
     from evaluate.report import print_summary
 
     print_summary(result.report, console=Console())
