@@ -4,6 +4,7 @@ bundled suite. None may solve a task that needs tools, nor make an exact call on
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -13,7 +14,7 @@ import pytest
 
 from agent.adversaries import ADVERSARIES
 from agent.episodes import run_episodes
-from agent.tasks import available_suites, load_suite
+from agent.tasks import SUITES_DIR, available_suites, load_suite
 from agent.teacher import Teacher
 from core.turns import evaluate_turns_server, load_samples
 
@@ -46,7 +47,17 @@ def per_template(tasks: list, count: int | None) -> list:
     return kept
 
 
-@pytest.fixture(scope="module", params=available_suites())
+def own_suites() -> list[str]:
+    """The bundled suites, less those that extend another: their tool-needing tasks are the base suite's, drawn
+    unchanged (tests/test_agent.py checks that), so attacking them again adds time and no case."""
+    return [
+        name
+        for name in available_suites()
+        if "extends" not in json.loads((SUITES_DIR / f"{name}.json").read_text())
+    ]
+
+
+@pytest.fixture(scope="module", params=own_suites())
 def served(request):
     suite = load_suite(request.param)
     with Teacher(suite) as teacher:
