@@ -343,8 +343,10 @@ def read_suite_data(path: Path, depth: int = 0) -> dict:
     if base_name is None:
         return data
     base_path = SUITES_DIR / f"{base_name}.json"
-    if not isinstance(base_name, str) or not base_path.is_file() or depth > 4:
+    if not isinstance(base_name, str) or not base_path.is_file():
         raise SuiteError(f"{path}: extends: {base_name!r} is not one of {', '.join(available_suites())}")
+    if depth > 4:
+        raise SuiteError(f"{path}: extends: {base_name!r} goes round in a circle (or more than 4 levels deep)")
     base = read_suite_data(base_path, depth + 1)
     return {
         **base,

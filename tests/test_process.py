@@ -4,6 +4,7 @@ whole foreground process group, `os.killpg`), never only to one pid."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -229,11 +230,7 @@ def test_ctrl_c_during_evaluate_via_proxy_leaves_no_server_log_or_torn_record(tm
         "evaluate", "--model", tool_model, "--no-turns", "--via-proxy", "--limit", "6", "--max-tokens", "48",
         "--agent-max-steps", "4", "--out", tmp_path / "reports", "--name", "interrupted", "--traces", traces,
     )  # fmt: skip
-    run = subprocess.Popen(
-        command, cwd=ROOT, env=dict(os.environ, TMPDIR=str(temp)), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
+    with in_own_group(command, temp) as run:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and run.poll() is None:
             written = [p for p in traces.rglob("*.jsonl") if p.read_bytes().count(b"\n") >= 2]
@@ -247,15 +244,27 @@ def test_ctrl_c_during_evaluate_via_proxy_leaves_no_server_log_or_torn_record(tm
         assert servers, "the mlx_lm server runs in the caller's process group"
         os.killpg(run.pid, signal.SIGINT)
         _, err = run.communicate(timeout=120)
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
     assert run.returncode != 0, err[-2000:]
     assert group_gone(run.pid, 30), "something outlived the Ctrl-C"
     assert not any(map(alive, servers)), "an orphaned mlx_lm server"
     assert [p.name for p in temp.iterdir() if p.name != "mlx"] == []  # mlx/: MLX's own kernel cache
     lines = list(read_trace_lines([traces]))
     assert lines and all(line.error is None and validation_errors(line.record) == [] for line in lines)
+
+
+@contextlib.contextmanager
+def in_own_group(command: list, temp: Path):
+    """`command` run as a terminal runs it: its own process group (the test plays the terminal that signals
+    it) with `temp` as its temp directory; SIGKILLed, group and all, if the test fails before it ends."""
+    run = subprocess.Popen(
+        command, cwd=ROOT, env=dict(os.environ, TMPDIR=str(temp)), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        yield run
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
 
 
 def group_members(pgid: int) -> list[int]:
@@ -279,11 +288,7 @@ def test_a_stop_signal_to_the_loop_leaves_no_child_or_log(tmp_path, stop):
     temp = tmp_path / "child-tmp"
     temp.mkdir()
     command = python_command("flywheel", "--quick", "--root", tmp_path / "root")
-    run = subprocess.Popen(
-        command, cwd=ROOT, env=dict(os.environ, TMPDIR=str(temp)), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
+    with in_own_group(command, temp) as run:
         deadline = time.monotonic() + 240
         logs: list[Path] = []
         while time.monotonic() < deadline and run.poll() is None and not logs:
@@ -294,9 +299,6 @@ def test_a_stop_signal_to_the_loop_leaves_no_child_or_log(tmp_path, stop):
         assert children, "the proxy runs in the loop's process group"
         os.killpg(run.pid, stop)
         _, err = run.communicate(timeout=120)
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
     assert run.returncode == 130 and f"stopped by {stop.name}" in err, err[-2000:]
     assert group_gone(run.pid, 30), "something outlived the stop signal"
     assert not any(map(alive, children)), "an orphaned child"
