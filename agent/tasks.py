@@ -8,6 +8,10 @@ A suite file (see `suites/default.json`) holds a `seed`, named `pools` of values
 - `prompt`, `files` {path: content} and `checks`, where `{param}` is replaced by its value (`{{` for `{`).
 `"extends": "demo"` builds on a bundled suite: its pools and templates first (its tasks are drawn unchanged),
 then this file's pools and templates (`suites/demo_mixed.json`).
+`"demonstrated": {template: n}` limits what the teacher shows of a template to its first n train tasks (0: new
+work, never shown): the rest are drawn (so every other task stays the same) but left out of `train`. A deployed
+student meets these templates as fresh tasks from their train pools in rounds >= 2 (`fresh_train_tasks`), and
+their held-out tasks are scored as usual (`suites/demo_new_work.json`, `suites/demo_rare_work.json`).
 
 Checks are declarative tests of the end state and of the episode's tool calls, all of which must pass:
   answer_value {"value"}              the final answer names `value` as a value (a number as a whole number,
@@ -99,6 +103,8 @@ class Suite:
     train: list[Task]
     held_out: list[Task]
     path: Path | None = None
+    # template -> how many of its train tasks the teacher demonstrates (the rest are met only after deployment)
+    demonstrated: dict[str, int] = field(default_factory=dict)
 
     @property
     def tasks(self) -> list[Task]:
@@ -116,6 +122,10 @@ class Suite:
 
     def templates(self, split: str = "all") -> list[str]:
         return sorted({task.template for task in self.split(split)})
+
+    def attempted_templates(self) -> list[str]:
+        """The templates a deployed student meets as fresh work: those trained on, and those never demonstrated."""
+        return sorted(set(self.templates("train")) | set(self.demonstrated))
 
 
 @dataclass
@@ -273,7 +283,26 @@ def build_suite(data: dict, name: str, path: Path | None = None) -> Suite:
             if not isinstance(count, int) or count < 0:
                 raise SuiteError(f"{where}.count.{split}: must be a non-negative integer")
             split_tasks[split] += expand_template(template, pools, split, count, rng, where, seen)
-    return Suite(data.get("name", name), split_tasks["train"], split_tasks["held_out"], path)
+    demonstrated = read_demonstrated(data, source, names)
+    shown: dict[str, int] = {}
+    train = []
+    for task in split_tasks["train"]:
+        shown[task.template] = shown.get(task.template, 0) + 1
+        if shown[task.template] <= demonstrated.get(task.template, shown[task.template]):
+            train.append(task)
+    return Suite(data.get("name", name), train, split_tasks["held_out"], path, demonstrated)
+
+
+def read_demonstrated(data: dict, source: str, names: set) -> dict[str, int]:
+    demonstrated = data.get("demonstrated", {})
+    if not isinstance(demonstrated, dict):
+        raise SuiteError(f"{source}: demonstrated: must be an object of template: count")
+    for name, count in demonstrated.items():
+        if name not in names:
+            raise SuiteError(f"{source}: demonstrated.{name}: not a template of this suite")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise SuiteError(f"{source}: demonstrated.{name}: must be a non-negative integer")
+    return demonstrated
 
 
 def round_robin(tasks: list[Task], n: int | None = None) -> list[Task]:
@@ -289,8 +318,8 @@ def round_robin(tasks: list[Task], n: int | None = None) -> list[Task]:
 
 
 def fresh_train_tasks(suite: Suite, per_template: int | dict[str, int], draw: int) -> list[Task]:
-    """`per_template` new tasks for each template the suite trains on, drawn from its *train* pools (never the
-    held-out pools, never a held-out-only template) with prompts no task of the suite has: the new work a
+    """`per_template` new tasks for each template the suite trains on or limits in `demonstrated`, drawn from its *train*
+    pools (never the held-out pools, never a held-out-only template) with prompts no task of the suite has: the new work a
     deployed student meets. `draw` picks the draw (the same draw gives the same tasks); ids are
     `<template>-fresh<draw>-NN`. Given counts by template, only those templates, each with as many new prompts
     as its pools still hold up to its count."""
@@ -299,7 +328,7 @@ def fresh_train_tasks(suite: Suite, per_template: int | dict[str, int], draw: in
     data = read_suite_data(suite.path)
     rng = random.Random(f"{data.get('seed', 0)}:fresh:{draw}")
     seen = {task.prompt for task in suite.tasks}
-    trained = set(suite.templates("train"))
+    trained = set(suite.attempted_templates())
     tasks = []
     for index, template in enumerate(data["templates"]):
         name = template.get("name")

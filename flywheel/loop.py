@@ -25,7 +25,7 @@ from rich.console import Console
 
 from core import config as config_lib
 from flywheel.config import QUICK_EVAL_LIMIT, QUICK_ITERS, STUDENT_RECIPE, LoopConfig
-from flywheel.stages import Stages
+from flywheel.stages import Stages, stage_done
 from flywheel.steps import LoopError, RoundPaths, curate_round, evaluate_round, round_paths, train_round
 
 __all__ = ["QUICK_EVAL_LIMIT", "QUICK_ITERS", "STUDENT_RECIPE", "LoopConfig", "LoopError", "run_loop"]
@@ -80,6 +80,17 @@ def first_round(config: LoopConfig, student: Path, suite, paths: RoundPaths, sta
     return collection
 
 
+def round_one(config: LoopConfig, root: Path, student: Path, name: str, several: bool) -> RoundPaths:
+    """Round 1's paths. A run of one round and a run of several with the same settings share round 1: where the
+    other layout already collected it (`--rounds 1` then `--rounds 3`, or the reverse), it is reused there."""
+    own = round_paths(root, name, 1, several)
+    other_name = config.replace(rounds=1 if several else 2).run_name(student)
+    if other_name == name:  # one `--run` name: the layouts nest, and round 1's traces would hold round 2's
+        return own
+    other = round_paths(root, other_name, 1, not several)
+    return other if stage_done(other.traces) and not stage_done(own.traces) else own
+
+
 def run_loop(config: LoopConfig, console: Console | None = None) -> LoopResult:
     from agent.tasks import load_suite
     from models.tinybase import cached_base
@@ -98,7 +109,7 @@ def run_loop(config: LoopConfig, console: Console | None = None) -> LoopResult:
     console.rule(f"flywheel run [bold]{name}[/]")
     console.print(f"[bold]1 student[/] → {student}")
 
-    first = round_paths(root, name, 1, several)
+    first = round_one(config, root, student, name, several)
     if several:
         console.rule("round 1: the teacher")
     collection = first_round(config, student, suite, first, stages, console)
@@ -110,11 +121,11 @@ def run_loop(config: LoopConfig, console: Console | None = None) -> LoopResult:
             config,
             student,
             suite,
-            [round_paths(root, name, k, True) for k in range(1, config.rounds + 1)],
+            [first] + [round_paths(root, name, k, True) for k in range(2, config.rounds + 1)],
             stages,
             console,
         )
-    report_json = root / "reports" / f"{name}.json"
+    report_json = root / "reports" / f"{name}.json" if several else first.report
     return LoopResult(
         run=name,
         traces_dir=first.traces,

@@ -98,12 +98,13 @@ def attempt(
 
 def attempted_tasks(suite, config: LoopConfig, draw: int) -> list:
     """What the student attempts in a round: `attempt_tasks` tasks (default: as many as the suite trains on)
-    spread over the train templates: fresh ones from the train pools (`draw` picks them), or the suite's own."""
+    spread over the train templates (and the suite's new work): fresh ones from the train pools (`draw` picks
+    them), or the suite's own."""
     from agent.tasks import fresh_train_tasks, round_robin
 
     wanted = config.attempt_tasks or len(suite.train)
     if config.attempt_on == "fresh":
-        per_template = -(-wanted // len(suite.templates("train")))
+        per_template = -(-wanted // len(suite.attempted_templates()))
         return round_robin(fresh_train_tasks(suite, per_template, draw), wanted)
     return round_robin(suite.train, wanted)
 

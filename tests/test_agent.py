@@ -145,6 +145,40 @@ def test_a_suite_that_extends_another_draws_its_tasks_unchanged():
     assert {t.template for t in fresh} == set(mixed.templates("train")) and len(fresh) == 18
 
 
+def test_work_the_teacher_does_not_show_is_met_fresh_after_deployment(tmp_path):
+    """demo_new_work: the teacher's tasks are the demo's minus three templates; demo_rare_work: only 4 of their
+    40 each. The held-out tasks stay the demo's, and a round's fresh work draws those templates from their
+    train pools (never the held-out names)."""
+    from agent.tasks import fresh_train_tasks
+    from flywheel.config import LoopConfig
+    from flywheel.rounds import attempted_tasks
+
+    demo, new, rare = load_suite("demo"), load_suite("demo_new_work"), load_suite("demo_rare_work")
+    limited = {"count_lines", "copy_value", "append_line"}
+    assert set(new.demonstrated) == set(rare.demonstrated) == limited
+    shown = [t for t in demo.train if t.template not in limited]
+    assert [t.to_dict() for t in new.train] == [t.to_dict() for t in shown]
+    few = [t for t in demo.train if t.template in limited and int(t.id.rsplit("-", 1)[1]) < 4]
+    assert [t.to_dict() for t in rare.train] == [t.to_dict() for t in demo.train if t in shown or t in few]
+    assert len(few) == 12
+    for suite in (new, rare):
+        assert [t.to_dict() for t in suite.held_out] == [t.to_dict() for t in demo.held_out]
+    fresh = fresh_train_tasks(new, 3, draw=2)
+    assert {t.template for t in fresh} == set(demo.templates("train")) and len(fresh) == 21
+    held_out_values = {v for t in new.held_out for v in t.params.values()}
+    files = {t.params["file"] for t in fresh if t.template in limited and "file" in t.params}
+    assert files and not files & held_out_values  # train pools, never the held-out names
+    picked = attempted_tasks(new, LoopConfig(attempt_tasks=14), draw=2)
+    assert {t.template for t in picked} == set(new.attempted_templates()) and len(picked) == 14
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"extends": "demo", "demonstrated": {"count_line": 0}}))
+    with pytest.raises(SuiteError, match=r"bad.json: demonstrated.count_line: not a template of this suite"):
+        load_suite(path)
+    path.write_text(json.dumps({"extends": "demo", "demonstrated": {"count_lines": -1}}))
+    with pytest.raises(SuiteError, match=r"bad.json: demonstrated.count_lines: must be a non-negative integer"):
+        load_suite(path)
+
+
 # ------------------------------------------------------------------------------------------- the agent
 
 

@@ -108,6 +108,17 @@ def test_a_rerun_reuses_every_round(two_rounds):
     assert again.stderr.count("(reused: complete from an earlier run)") == 8  # 4 stages × 2 rounds
 
 
+def test_one_round_and_several_share_round_one(two_rounds):
+    """`--rounds 1` with the same settings is round 1 of the two-round run (and `--rounds 1` then `--rounds 3`
+    extends the one-round run the same way): nothing is collected or trained again."""
+    root, run, _ = two_rounds
+    one = flywheel("--quick", "--root", str(root), timeout=300)
+    assert one.stderr.count("(reused: complete from an earlier run)") == 4, one.stderr[-2000:]
+    round_one = root / "reports" / run / "round-1.json"
+    assert f"json: {round_one}" in " ".join(one.stdout.split())
+    assert not (root / "traces" / run.replace("quick-rounds-", "quick-")).exists()
+
+
 def test_the_gate_refuses_a_worse_adapter_and_keeps_the_one_in_use(two_rounds, tmp_path):
     """A deliberately worse adapter (3 iterations from the base) against adapter 1: not promoted."""
     from flywheel.promote import decide
