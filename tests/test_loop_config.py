@@ -44,7 +44,9 @@ def test_bad_settings_stop_before_any_work(tmp_path, text, message):
 
 def test_a_flag_that_breaks_the_recipe_is_refused(tmp_path):
     result = flywheel("--iters", "0", "--root", str(tmp_path))
-    assert result.returncode == 2 and "train: iters: input should be greater than or equal to 1" in result.stderr
+    assert (
+        result.returncode == 2 and "train: iters: input should be greater than or equal to 1" in result.stderr
+    )
     assert not any(tmp_path.iterdir())
 
 
@@ -124,3 +126,27 @@ def test_the_readme_sweep_command_runs_one_round_of_the_mixed_suite():
     config = load(LoopConfig, args.config, overrides=flag_overrides(args, LoopConfig))
     assert (config.rounds, config.suite, config.train["lora_lm_head"]) == (1, "demo_mixed", True)
     assert len(load_suite(config.suite).train) == 340
+
+
+def test_the_readme_rare_work_commands_load_their_suites():
+    """`python -m flywheel --config bench/qwen_rare_work.toml [--suite demo_new_work]` (README, issue #15): the
+    real-model recipe at 150 iterations on the suite where the teacher shows 4 (or none) of three templates'
+    40 train tasks, 4 held-out tasks per template scored."""
+    from agent.tasks import load_suite
+    from flywheel.__main__ import build_parser
+
+    for extra, suite, teacher_tasks in (
+        ([], "demo_rare_work", 172),
+        (["--suite", "demo_new_work"], "demo_new_work", 160),
+    ):
+        args = build_parser().parse_args(["--config", str(ROOT / "bench" / "qwen_rare_work.toml"), *extra])
+        config = load(LoopConfig, args.config, overrides=flag_overrides(args, LoopConfig))
+        trained = TrainConfig(**config.train_settings(Path("qwen"), Path("d"), Path("a")))
+        assert (config.rounds, config.eval_limit, config.suite) == (2, 32, suite)
+        assert (trained.num_layers, trained.lora_rank, trained.lora_lm_head, trained.iters) == (
+            8,
+            8,
+            True,
+            150,
+        )
+        assert len(load_suite(config.suite).train) == teacher_tasks

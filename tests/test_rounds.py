@@ -4,6 +4,7 @@ when it is measurably better (flywheel.promote). End to end on the tiny student,
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -111,12 +112,16 @@ def test_a_rerun_reuses_every_round(two_rounds):
 def test_one_round_and_several_share_round_one(two_rounds):
     """`--rounds 1` with the same settings is round 1 of the two-round run (and `--rounds 1` then `--rounds 3`
     extends the one-round run the same way): nothing is collected or trained again."""
+    from rich.console import Console
+
+    from flywheel.loop import LoopConfig, run_loop
+
     root, run, _ = two_rounds
-    one = flywheel("--quick", "--root", str(root), timeout=300)
-    assert one.stderr.count("(reused: complete from an earlier run)") == 4, one.stderr[-2000:]
-    round_one = root / "reports" / run / "round-1.json"
-    assert f"json: {round_one}" in " ".join(one.stdout.split())
-    assert not (root / "traces" / run.replace("quick-rounds-", "quick-")).exists()
+    one = run_loop(LoopConfig(quick=True, root=root), console=Console(file=io.StringIO()))
+    assert len(one.reused) == 4 and one.run == run.replace("quick-rounds-", "quick-")
+    assert one.report_json == root / "reports" / run / "round-1.json"
+    assert one.adapter_dir == root / "adapters" / run / "round-1"
+    assert not (root / "traces" / one.run).exists()
 
 
 def test_the_gate_refuses_a_worse_adapter_and_keeps_the_one_in_use(two_rounds, tmp_path):
