@@ -284,13 +284,9 @@ def build_suite(data: dict, name: str, path: Path | None = None) -> Suite:
                 raise SuiteError(f"{where}.count.{split}: must be a non-negative integer")
             split_tasks[split] += expand_template(template, pools, split, count, rng, where, seen)
     demonstrated = read_demonstrated(data, source, names)
-    shown: dict[str, int] = {}
-    train = []
-    for task in split_tasks["train"]:
-        shown[task.template] = shown.get(task.template, 0) + 1
-        if shown[task.template] <= demonstrated.get(task.template, shown[task.template]):
-            train.append(task)
-    return Suite(data.get("name", name), train, split_tasks["held_out"], path, demonstrated)
+    train = split_tasks["train"]  # ids end in the task's number within its template: the first n are shown
+    shown = [t for t in train if int(t.id.rsplit("-", 1)[1]) < demonstrated.get(t.template, len(train))]
+    return Suite(data.get("name", name), shown, split_tasks["held_out"], path, demonstrated)
 
 
 def read_demonstrated(data: dict, source: str, names: set) -> dict[str, int]:

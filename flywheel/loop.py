@@ -12,7 +12,8 @@ Each stage writes its artifacts under the run's name and a completion marker (`f
 the same settings reuses every completed stage, and a stage left incomplete is moved aside. One round:
 traces/RUN/, data/RUN/, adapters/RUN/, reports/RUN.{json,html}. Several rounds: traces/RUN/round-K/ (and
 data/, adapters/ alike), reports/RUN/round-K.{json,html} for each round's evaluation, and reports/RUN.{json,html}
-for the run: the learning curve and every promotion decision.
+for the run: the learning curve and every promotion decision. Runs of one round and of several with the same
+settings share round 1 (`round_one`): `--rounds 3` after `--rounds 1` starts at round 2.
 """
 
 from __future__ import annotations
