@@ -8,10 +8,8 @@ A suite file (see `suites/default.json`) holds a `seed`, named `pools` of values
 - `prompt`, `files` {path: content} and `checks`, where `{param}` is replaced by its value (`{{` for `{`).
 `"extends": "demo"` builds on a bundled suite: its pools and templates first (its tasks are drawn unchanged),
 then this file's pools and templates (`suites/demo_mixed.json`).
-`"demonstrated": {template: n}` limits what the teacher shows of a template to its first n train tasks (0: new
-work, never shown): the rest are drawn (so every other task stays the same) but left out of `train`. A deployed
-student meets these templates as fresh tasks from their train pools in rounds >= 2 (`fresh_train_tasks`), and
-their held-out tasks are scored as usual (`suites/demo_new_work.json`, `suites/demo_rare_work.json`).
+`"demonstrated": {template: n}` shows the teacher only a template's first n train tasks (0: none); a deployed
+student still meets it as fresh work in rounds >= 2 (`fresh_train_tasks`; `suites/demo_rare_work.json`).
 
 Checks are declarative tests of the end state and of the episode's tool calls, all of which must pass:
   answer_value {"value"}              the final answer names `value` as a value (a number as a whole number,
@@ -124,7 +122,8 @@ class Suite:
         return sorted({task.template for task in self.split(split)})
 
     def attempted_templates(self) -> list[str]:
-        """The templates a deployed student meets as fresh work: those trained on, and those never demonstrated."""
+        """The templates a deployed student meets as fresh work: those the teacher showed, and those it showed
+        few or none of (`demonstrated`)."""
         return sorted(set(self.templates("train")) | set(self.demonstrated))
 
 
@@ -267,6 +266,7 @@ def build_suite(data: dict, name: str, path: Path | None = None) -> Suite:
     split_tasks: dict[str, list[Task]] = {split: [] for split in SPLITS}
     seen: set[str] = set()
     names = set()
+    demonstrated = read_demonstrated(data, source)
     for index, template in enumerate(data["templates"]):
         where = f"{source}: templates[{index}]"
         if not isinstance(template, dict):
@@ -282,17 +282,18 @@ def build_suite(data: dict, name: str, path: Path | None = None) -> Suite:
             count = counts.get(split, 0)
             if not isinstance(count, int) or count < 0:
                 raise SuiteError(f"{where}.count.{split}: must be a non-negative integer")
-            split_tasks[split] += expand_template(template, pools, split, count, rng, where, seen)
-    demonstrated = read_demonstrated(data, source, names)
-    train = split_tasks["train"]  # ids end in the task's number within its template: the first n are shown
-    shown = [t for t in train if int(t.id.rsplit("-", 1)[1]) < demonstrated.get(t.template, len(train))]
-    return Suite(data.get("name", name), shown, split_tasks["held_out"], path, demonstrated)
+            drawn = expand_template(template, pools, split, count, rng, where, seen)
+            # all are drawn, so that a limit changes no other task; the teacher is shown the first n
+            shown = demonstrated.get(template.get("name"), count) if split == "train" else count
+            split_tasks[split] += drawn[:shown]
+    return Suite(data.get("name", name), split_tasks["train"], split_tasks["held_out"], path, demonstrated)
 
 
-def read_demonstrated(data: dict, source: str, names: set) -> dict[str, int]:
+def read_demonstrated(data: dict, source: str) -> dict[str, int]:
     demonstrated = data.get("demonstrated", {})
     if not isinstance(demonstrated, dict):
         raise SuiteError(f"{source}: demonstrated: must be an object of template: count")
+    names = {template.get("name") for template in data["templates"] if isinstance(template, dict)}
     for name, count in demonstrated.items():
         if name not in names:
             raise SuiteError(f"{source}: demonstrated.{name}: not a template of this suite")
@@ -314,9 +315,9 @@ def round_robin(tasks: list[Task], n: int | None = None) -> list[Task]:
 
 
 def fresh_train_tasks(suite: Suite, per_template: int | dict[str, int], draw: int) -> list[Task]:
-    """`per_template` new tasks for each template the suite trains on or limits in `demonstrated`, drawn from its *train*
-    pools (never the held-out pools, never a held-out-only template) with prompts no task of the suite has: the new work a
-    deployed student meets. `draw` picks the draw (the same draw gives the same tasks); ids are
+    """`per_template` new tasks for each template the suite trains on or limits in `demonstrated`, drawn from
+    its *train* pools (never the held-out pools, never a held-out-only template) with prompts no task of the
+    suite has: the new work a deployed student meets. `draw` picks the draw (the same draw gives the same tasks); ids are
     `<template>-fresh<draw>-NN`. Given counts by template, only those templates, each with as many new prompts
     as its pools still hold up to its count."""
     if suite.path is None:

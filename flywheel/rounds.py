@@ -98,8 +98,8 @@ def attempt(
 
 def attempted_tasks(suite, config: LoopConfig, draw: int) -> list:
     """What the student attempts in a round: `attempt_tasks` tasks (default: as many as the suite trains on)
-    spread over the train templates (and the suite's new work): fresh ones from the train pools (`draw` picks
-    them), or the suite's own."""
+    spread over the templates it meets (`Suite.attempted_templates`): fresh ones from the train pools (`draw`
+    picks them), or the suite's own."""
     from agent.tasks import fresh_train_tasks, round_robin
 
     wanted = config.attempt_tasks or len(suite.train)
