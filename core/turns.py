@@ -37,12 +37,13 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.generation import Progress
 from core.samples import BENCHMARK_KEY, BENCHMARK_SESSION, check_sample, read_samples
 from core.scoring import CODES, Normalizer, TurnChecks, Verdict, score_turn, turn_checks
 from core.toolcalls import ParsedTurn, ToolCall, decode_arguments, message_tool_calls, parse_completion
@@ -59,8 +60,6 @@ RATE_NAMES = (
 LOWER_IS_BETTER = ("over_call_rate",)
 NO_TOOL = "(no call)"
 SERVER_DROPPED = "(dropped by the server: finish_reason tool_calls without tool_calls)"
-
-Progress = Callable[[int, int], None]
 
 
 def made_call(tool_calls: list | None, unparsed: list | None) -> bool:
@@ -166,7 +165,9 @@ def _call_dict(call: ToolCall) -> dict[str, Any]:
 def load_samples(path: str | Path) -> list[dict]:
     """Samples of an mlx-lm chat JSONL file, each with an extra "where": "path:line"; clear error on bad lines.
     A session sample stands for its supervised turns: one case each ("path:line turn k"), never only its last."""
-    samples = [{**turn.data, "where": turn.where} for sample in read_samples(path) for turn in sample.per_turn()]
+    samples = [
+        {**turn.data, "where": turn.where} for sample in read_samples(path) for turn in sample.per_turn()
+    ]
     if not samples:
         raise ValueError(f"{path}: no samples")
     return samples
@@ -227,63 +228,6 @@ def _score(
 # ---------------------------------------------------------------------------------------------- in-process
 
 
-def generate_turns(
-    model,
-    tokenizer,
-    prompts: list[list[int]],
-    *,
-    batch_size: int = 8,
-    max_tokens: int = 256,
-    sampler=None,
-    progress: Progress | None = None,
-) -> list[tuple[str, str, int]]:
-    """(text, finish_reason, completion tokens) per prompt, generated with mlx-lm's BatchGenerator.
-
-    Greedy unless a `sampler` is given. Prompts go in shortest first so each prefill batch pads little."""
-    from mlx_lm.generate import BatchGenerator
-
-    if not prompts:
-        return []
-    generator = BatchGenerator(
-        model,
-        max_tokens=max_tokens,
-        stop_tokens=[[t] for t in tokenizer.eos_token_ids],
-        sampler=sampler,
-        completion_batch_size=batch_size,
-        prefill_batch_size=batch_size,
-    )
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    uids = generator.insert([prompts[i] for i in order])
-    index_of = dict(zip(uids, order, strict=True))
-    detokenizers = {uid: tokenizer.detokenizer for uid in uids}
-    counts = dict.fromkeys(uids, 0)
-    results: list[tuple[str, str, int] | None] = [None] * len(prompts)
-    done = 0
-    try:
-        while responses := generator.next_generated():
-            for response in responses:
-                detokenizer = detokenizers[response.uid]
-                if response.finish_reason != "stop":  # the stop token itself is not part of the answer
-                    detokenizer.add_token(response.token)
-                    counts[response.uid] += 1
-                if response.finish_reason is not None:
-                    detokenizer.finalize()
-                    results[index_of[response.uid]] = (
-                        detokenizer.text,
-                        response.finish_reason,
-                        counts[response.uid],
-                    )
-                    done += 1
-                    if progress:
-                        progress(done, len(prompts))
-    finally:
-        generator.close()
-    missing = [i for i, r in enumerate(results) if r is None]
-    if missing:
-        raise RuntimeError(f"BatchGenerator returned no answer for prompts {missing[:5]}")
-    return results  # type: ignore[return-value]
-
-
 def evaluate_turns(
     model,
     tokenizer,
@@ -297,6 +241,7 @@ def evaluate_turns(
     progress: Progress | None = None,
 ) -> TurnResults:
     """Generate each sample's final assistant turn in-process (batched; greedy at temperature 0) and score it."""
+    from core.generation import generate_turns
     from core.toolcalls import prompt_tokens
 
     sampler = None

@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     what.add_argument("--baseline-server", help="base URL of the baseline's endpoint, with --server")
     what.add_argument(
+        "--baseline-report",
+        type=Path,
+        help="read the baseline's scores from this earlier report, where the same weights were the candidate "
+        "on the same cases and settings (checked), instead of scoring it again",
+    )
+    what.add_argument(
         "--general",
         nargs="?",
         const="",
@@ -90,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     turns.add_argument(
         "--no-turns", dest="turns", action="store_false", default=None, help="skip the turn-level evaluation"
     )
-    turns.add_argument("--limit", type=int, help="only the first N samples, and N held-out tasks taken one template at a time")
+    turns.add_argument(
+        "--limit",
+        type=int,
+        help="only the first N samples, and N held-out tasks taken one template at a time",
+    )
     turns.add_argument(
         "--batch-size",
         type=int,

@@ -59,11 +59,15 @@ def checked(episodes: list, verified: dict, base_url: str) -> list[dict]:
     return rows
 
 
-def evaluate_agent_level(config: EvalConfig, plan: Plan, identities: dict) -> dict[str, Any]:
-    """Every side's episodes and summary, and with a baseline their paired comparison by task."""
+def evaluate_agent_level(
+    config: EvalConfig, plan: Plan, identities: dict, reused: dict | None = None
+) -> dict[str, Any]:
+    """Every side's episodes and summary, and with a baseline their paired comparison by task; a `reused`
+    baseline (`evaluate.reuse`) is read back, once its tasks are checked to be these."""
     from agent.episodes import summarize
     from agent.tasks import load_suite, round_robin
     from evaluate import stats
+    from evaluate.reuse import check_same_tasks
 
     try:
         suite = load_suite(config.tasks)
@@ -78,6 +82,10 @@ def evaluate_agent_level(config: EvalConfig, plan: Plan, identities: dict) -> di
         "comparison": None,
     }
     for side in plan.sides:
+        if reused and side.role == "baseline":
+            check_same_tasks(reused, tasks)
+            agent["baseline"] = reused["agent"]
+            continue
         episodes, recorded = side_episodes(config, tasks, side, identities[side.role], traces)
         agent[side.role] = {"episodes": episodes, "summary": summarize(episodes), "proxy": recorded}
     if plan.baseline:

@@ -38,6 +38,8 @@ class EvalConfig(Settings):
     baseline_adapter: Path | None = (
         None  # compare against this adapter (e.g. the one in use) instead of the base
     )
+    # the baseline's scores from this earlier report, where the same weights were the candidate (evaluate.reuse)
+    baseline_report: Path | None = None
     data: Path = Path("data/test.jsonl")
     limit: Positive | None = None  # the first N samples; N held-out tasks taken one template at a time
     turns: bool = True
@@ -173,6 +175,7 @@ def plan_sides(config: EvalConfig) -> Plan:
             config.adapter is not None
             or config.baseline_model is not None
             or config.baseline_adapter is not None
+            or config.baseline_report is not None
             or bool(config.baseline_server)
         )
     if config.baseline_adapter is not None and (config.server or config.baseline_server):
@@ -182,6 +185,8 @@ def plan_sides(config: EvalConfig) -> Plan:
         and not (Path(config.baseline_adapter) / "adapters.safetensors").is_file()
     ):
         raise EvalError(f"{config.baseline_adapter}: no adapters.safetensors (not an adapter directory?)")
+    if config.baseline_report is not None and not use_baseline:
+        raise EvalError("--baseline-report gives a baseline's scores: it needs a baseline to compare against")
     if use_baseline and config.server and not config.baseline_server:
         raise EvalError("--baseline with --server needs --baseline-server URL (the base model's endpoint)")
     if use_baseline and not config.server and config.adapter is None and config.baseline_model is None:

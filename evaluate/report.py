@@ -260,7 +260,7 @@ def identity_lines(report: dict) -> list[tuple[str, str]]:
     names = report.get("labels", {})
     lines = []
     for role, ident in (report.get("identity") or {}).items():
-        keys = ("model_path", "weights_sha256", "adapter_sha256", "served_model")
+        keys = ("model_path", "weights_sha256", "adapter_sha256", "served_model", "scores_from")
         facts = "; ".join(f"{k} {ident[k]}" for k in keys if ident.get(k))
         lines.append((f"{names.get(role, role)} identity", facts or "unknown"))
     return lines

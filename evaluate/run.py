@@ -8,7 +8,8 @@ Turn level (`evaluate.turnlevel`, over `core.turns`): each held-out sample's fin
 in-process with mlx-lm (batched, greedy) or by an OpenAI-compatible server, parsed with the model's own tool
 parser and scored by `core.scoring`. Agent level (`evaluate.agentlevel`, over `agent.episodes`): the held-out
 tasks of a suite run through the real agent against `mlx_lm server`. With a baseline, both levels are compared
-case by case (`evaluate.stats`). The gate is `evaluate.gate`; rendering lives in `evaluate.report`. Writes
+case by case (`evaluate.stats`); a baseline already scored as an earlier report's candidate is read back
+(`evaluate.reuse`). The gate is `evaluate.gate`; rendering lives in `evaluate.report`. Writes
 OUT/NAME.json, OUT/NAME.html and the resolved configuration OUT/NAME.toml. Importing this does not import mlx.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from core.config import save
 from evaluate.config import EvalConfig, Plan, plan_sides
+from evaluate.reuse import reused_baseline
 from evaluate.served import side_identity
 
 
@@ -62,10 +64,15 @@ def run(config: EvalConfig, *, console=None) -> dict:
     report = report_header(config, plan)
     # before anything is scored: which weights each side is, and that each server serves what is named
     identities = report["identity"] = identify(config, plan)
+    reused = None
+    if config.baseline_report is not None:  # the baseline was scored before, as an earlier report's candidate
+        reused = reused_baseline(config, identities["baseline"])
+        identities["baseline"]["scores_from"] = reused["report"]
+        identities["baseline"]["agent_server"] = reused["identity"].get("agent_server")
     if config.turns:
-        report["turns"] = evaluate_turn_level(config, plan, identities, console)
+        report["turns"] = evaluate_turn_level(config, plan, identities, console, reused)
     if config.agent:
-        report["agent"] = evaluate_agent_level(config, plan, identities)
+        report["agent"] = evaluate_agent_level(config, plan, identities, reused)
     report["regressions"] = stats.regressions(report["turns"], report["agent"])
     report["gate"] = gate(config, report["turns"], report["agent"])
     json_path, html_path = reporting.write_reports(report, config.out_dir)

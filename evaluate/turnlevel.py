@@ -80,13 +80,22 @@ def held_out_samples(config: EvalConfig) -> list[dict]:
     return samples[: config.limit] if config.limit else samples
 
 
-def evaluate_turn_level(config: EvalConfig, plan: Plan, identities: dict, console) -> dict[str, Any]:
-    """Every side's TurnResults as dicts, and with a baseline their paired comparison."""
+def evaluate_turn_level(
+    config: EvalConfig, plan: Plan, identities: dict, console, reused: dict | None = None
+) -> dict[str, Any]:
+    """Every side's TurnResults as dicts, and with a baseline their paired comparison; a `reused` baseline
+    (`evaluate.reuse`) is read back, once its cases are checked to be these."""
     from evaluate import stats
+    from evaluate.reuse import check_same_turns
 
     samples = held_out_samples(config)
     turns: dict[str, Any] = {"baseline": None, "comparison": None}
     for side in plan.sides:
+        if reused and side.role == "baseline":
+            check_same_turns(reused, samples)
+            turns["baseline"] = reused["turns"]
+            console.print(f"turns · {side.label}: {len(samples)} scores read from {reused['report']}")
+            continue
         with progress_bar(console) as bar:
             bar_id = bar.add_task(f"turns · {side.label}", total=len(samples))
             results = side_results(

@@ -9,7 +9,8 @@ outcome is its task's own end-state check, written beside the traces (`core.outc
 Held-out tasks, and the held-out pools, are never attempted. Curate
 reads every round's traces so far with `require_outcome="success"` (the teacher's episodes and the student's
 successes); adapter k is trained from the base on that data with the round-1 recipe; adapter k and the best
-are evaluated paired on the held-out tasks and round 1's held-out turns (the same cases every round); and
+are evaluated paired on the held-out tasks and round 1's held-out turns (the same cases every round; the best's
+scores are read back from the round that made it, `evaluate.reuse`, not generated again); and
 adapter k replaces the best only by the rule of `flywheel.promote`. Every round's artifacts are kept.
 """
 
@@ -168,10 +169,11 @@ def run_rounds(config: LoopConfig, student: Path, suite, all_paths: list, stages
     report = json.loads(first.report.read_text())
     # round 1 is the loop of one round: its adapter is the one in use; the rule is reported, not applied
     decision = {**decide(report), "promoted": True, "applied": False}
-    best, best_name = first.adapter, "adapter 1"
+    # the adapter in use was scored as the candidate of the round that made it: its scores are read back
+    best, best_name, best_report = first.adapter, "adapter 1", first.report
     summaries = [round_summary(1, first, report, decision, "base", best)]
     for paths in all_paths[1:]:
-        k, baseline, baseline_name = paths.number, best, best_name
+        k, baseline, baseline_name, baseline_report = paths.number, best, best_name, best_report
         console.rule(f"round {k}: the student's own successes")
         stages.run(
             "attempt",
@@ -200,14 +202,14 @@ def run_rounds(config: LoopConfig, student: Path, suite, all_paths: list, stages
             "evaluate",
             f"{k}d evaluate adapter {k} vs {baseline_name}",
             paths.report,
-            lambda paths=paths, baseline=baseline: evaluate_round(
-                config, student, paths, test_split, console, baseline
+            lambda paths=paths, baseline=baseline, scored=baseline_report: evaluate_round(
+                config, student, paths, test_split, console, baseline, scored
             ),
         )
         report = json.loads(paths.report.read_text())
         decision = decide(report)
         if decision["promoted"]:
-            best, best_name = paths.adapter, f"adapter {k}"
+            best, best_name, best_report = paths.adapter, f"adapter {k}", paths.report
         console.print(f"round {k}: {decision['reason']}")
         summaries.append(round_summary(k, paths, report, decision, baseline_name, best))
     write_run_report(config, all_paths[0].report.parent.parent, all_paths[0].report.parent.name, summaries)

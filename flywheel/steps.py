@@ -70,6 +70,7 @@ def evaluate_round(
     test_split: Path,
     console,
     baseline_adapter: Path | None,
+    baseline_report: Path | None = None,
 ) -> dict:
     import evaluate
 
@@ -77,6 +78,7 @@ def evaluate_round(
         adapter=paths.adapter,
         model=str(student),
         baseline_adapter=baseline_adapter,
+        baseline_report=baseline_report,
         data=test_split,
         turns=test_split.exists() and test_split.stat().st_size > 0,
         tasks=config.suite,

@@ -134,6 +134,10 @@ COVERAGE: dict[str, tuple[str, ...]] = {
         "tests/test_bfcl.py::test_category_spec_and_clear_errors",  # what happens without it
     ),
     "python -m evaluate --general": ("tests/test_evaluate_cli.py::test_general_check_beside_the_users_turns",),
+    "python -m evaluate --adapter adapters/new --baseline-adapter adapters/tools --baseline-report reports/tools.json": (
+        "tests/test_rounds.py::test_evaluate_reads_the_baseline_back_from_its_report",
+        "tests/test_rounds.py::test_scores_are_read_back_only_for_the_same_weights_cases_and_settings",
+    ),
     "python -m evaluate --adapter adapters/tools --no-agent --general": (
         "tests/test_evaluate_cli.py::test_general_check_beside_the_users_turns",
     ),

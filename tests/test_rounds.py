@@ -17,6 +17,8 @@ from core.outcomes import read_outcomes
 from core.trace import read_records
 
 ROOT = Path(__file__).resolve().parent.parent
+# `--quick --rounds 2`'s evaluation settings, for evaluations that must score as the loop did
+QUICK_LOOP_EVALUATION = ["--tasks", "demo", "--limit", "6", "--agent-max-steps", "6"]
 
 
 def flywheel(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
@@ -59,17 +61,27 @@ def test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report(two_rou
     collection = json.loads((second / "collection.json").read_text())
     # an attempt lost to a server error (mlx_lm server drops a connection now and then) is recorded, not labelled
     lost = set(collection["server_error_sessions"])
-    assert len(lost) == collection["server_errors"] <= 0.1 * 48 * collection["attempts"] and not lost & set(outcomes)
+    assert len(lost) == collection["server_errors"] <= 0.1 * 48 * collection["attempts"] and not lost & set(
+        outcomes
+    )
     assert {r["session_id"] for r in records} == set(outcomes) | lost
-    assert collection["episodes"] == len(outcomes) == 48 * collection["attempts"] - len(lost)  # --quick: 48 tasks
+    assert (
+        collection["episodes"] == len(outcomes) == 48 * collection["attempts"] - len(lost)
+    )  # --quick: 48 tasks
     assert collection["solved"] == sum(o["outcome"] == "success" for o in outcomes.values())
     assert all(o["source"] == "check" for o in read_outcomes([first]).values())
 
     # round 2's data: the teacher's episodes and the student's successes, failed attempts left out
     report = json.loads((root / "data" / run / "round-2" / "report.json").read_text())
     by_outcome = report["by_outcome"]
-    assert set(by_outcome) <= {"success", "failure"} | ({"(none)"} if lost else set())  # (none): server errors
-    assert by_outcome.get("failure", {"usable": 0})["usable"] == by_outcome.get("(none)", {"usable": 0})["usable"] == 0
+    assert set(by_outcome) <= {"success", "failure"} | (
+        {"(none)"} if lost else set()
+    )  # (none): server errors
+    assert (
+        by_outcome.get("failure", {"usable": 0})["usable"]
+        == by_outcome.get("(none)", {"usable": 0})["usable"]
+        == 0
+    )
     assert by_outcome["success"]["usable"] == by_outcome["success"]["exchanges"] > 0
     assert report["config"]["require_outcome"] == "success"
 
@@ -79,6 +91,12 @@ def test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report(two_rou
     assert Path(evaluation["adapter"]).resolve() == (root / "adapters" / run / "round-2").resolve()
     assert Path(evaluation["config"]["baseline_adapter"]).resolve() == adapter_1
     assert Path(evaluation["data"]).resolve() == (root / "data" / run / "round-1" / "test.jsonl").resolve()
+    # adapter 1's scores are read back from round 1, where it was the candidate, not generated again
+    first_evaluation = json.loads((root / "reports" / run / "round-1.json").read_text())
+    assert evaluation["identity"]["baseline"]["scores_from"] == str(root / "reports" / run / "round-1.json")
+    assert evaluation["turns"]["baseline"] == first_evaluation["turns"]["candidate"]
+    assert evaluation["agent"]["baseline"] == first_evaluation["agent"]["candidate"]
+    assert "scores read from" in result.stderr
 
     # the run report: the curve over base, adapter 1, adapter 2, and the decision with its statistics
     run_report = json.loads((root / "reports" / f"{run}.json").read_text())
@@ -181,10 +199,7 @@ def test_the_gate_refuses_a_worse_adapter_and_keeps_the_one_in_use(two_rounds, t
             str(root / "adapters" / run / "round-1"),
             "--data",
             str(data / "test.jsonl"),
-            "--tasks",
-            "demo",
-            "--limit",
-            "6",
+            *QUICK_LOOP_EVALUATION,
             "--out",
             str(tmp_path),
             "--name",
@@ -200,6 +215,91 @@ def test_the_gate_refuses_a_worse_adapter_and_keeps_the_one_in_use(two_rounds, t
     assert not decision["promoted"]
     agent = decision["checks"][0]
     assert not agent["passed"] and agent["candidate"] <= agent["baseline"]
+
+    # adapter 1 scored again here, with the loop's settings, reaches round 1's verdicts on every turn and task:
+    # what lets later rounds read its scores back (evaluate.reuse) instead of generating them again
+    first = json.loads((root / "reports" / run / "round-1.json").read_text())
+    for level, key, verdict in (("turns", "cases", "code"), ("agent", "episodes", "success")):
+        again = [case[verdict] for case in report[level]["baseline"][key]]
+        assert again == [case[verdict] for case in first[level]["candidate"][key]]
+
+
+def test_scores_are_read_back_only_for_the_same_weights_cases_and_settings(two_rounds, tmp_path):
+    """`--baseline-report` refuses, with a one-line reason, a report whose candidate is other weights, that
+    was scored with other settings or on other cases, or that is not a report; nothing is scored first."""
+    from evaluate import EvalConfig, EvalError, run
+
+    root, run_name, _ = two_rounds
+    reports, adapters = root / "reports" / run_name, root / "adapters" / run_name
+    first = json.loads((reports / "round-1.json").read_text())
+    loop_settings = {k: first["config"][k] for k in ("data", "limit", "tasks", "agent_max_steps", "seed")}
+    config = EvalConfig(
+        adapter=adapters / "round-2",
+        baseline_adapter=adapters / "round-1",
+        baseline_report=reports / "round-1.json",
+        out_dir=tmp_path,
+        **loop_settings,
+    )
+
+    def refused(**changes) -> str:
+        with pytest.raises(EvalError) as error:
+            run(config.replace(**changes))
+        assert "\n" not in str(error.value) and not list(tmp_path.iterdir())
+        return str(error.value)
+
+    assert "its candidate is not this baseline (adapter_sha256" in refused(
+        baseline_adapter=adapters / "round-2"
+    )
+    assert "scored with other settings (limit 6 then, 5 now)" in refused(limit=5)
+    assert "agent_max_steps 6 then, 8 now" in refused(agent_max_steps=8)
+    changed = tmp_path.parent / f"{tmp_path.name}-changed.jsonl"
+    lines = Path(first["config"]["data"]).read_text().splitlines()
+    sample = json.loads(lines[0])
+    next(m for m in sample["messages"] if m["role"] == "user")["content"] = "another question"
+    changed.write_text("\n".join([json.dumps(sample), *lines[1:]]) + "\n")
+    try:
+        assert "differs from" in refused(data=changed)
+    finally:
+        changed.unlink()
+    assert "not an evaluation report" in refused(baseline_report=adapters / "round-1" / "manifest.json")
+    assert "--baseline-report not found" in refused(baseline_report=tmp_path / "nowhere.json")
+    assert "needs a baseline" in refused(baseline=False)
+
+
+def test_evaluate_reads_the_baseline_back_from_its_report(two_rounds, tmp_path):
+    """The README's `evaluate --baseline-report`: only the candidate is scored; the baseline's scores are the
+    earlier report's candidate's. A report of other weights is refused in one line, exit 2, nothing written."""
+    root, run, _ = two_rounds
+    reports, adapters = root / "reports" / run, root / "adapters" / run
+    first = json.loads((reports / "round-1.json").read_text())
+    settings = ["--data", first["config"]["data"], *QUICK_LOOP_EVALUATION]
+
+    def evaluate(baseline: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "evaluate", "--adapter", str(adapters / "round-2"), *settings]
+        command += [
+            "--out",
+            str(tmp_path / "out"),
+            "--name",
+            "reuse",
+            "--baseline-adapter",
+            str(adapters / baseline),
+        ]
+        command += ["--baseline-report", str(reports / "round-1.json")]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+    result = evaluate("round-1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "reuse.json").read_text())
+    # equal down to session ids and wall times: read back, not scored again
+    assert report["turns"]["baseline"] == first["turns"]["candidate"]
+    assert report["agent"]["baseline"] == first["agent"]["candidate"]
+    assert report["identity"]["baseline"]["scores_from"] == str(reports / "round-1.json")
+    assert "scores read from" in result.stderr
+
+    refused = evaluate("round-2")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip().startswith("error: ") and len(refused.stderr.strip().splitlines()) == 1
+    assert "its candidate is not this baseline" in refused.stderr
 
 
 def test_focused_attempts_go_where_the_student_failed(suite):

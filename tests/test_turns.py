@@ -138,6 +138,39 @@ def test_batching_does_not_change_answers(tool_lm, held_out):
     assert [c.raw for c in one.cases] == [c.raw for c in many.cases]
 
 
+def test_the_shared_prefix_is_read_once_and_changes_no_answer(tool_lm, held_out):
+    """Held-out turns share the system prompt and tool listing: its KV cache is computed once and copied into
+    each prompt's, as the server's prompt cache does. Same answers as reading every prompt whole."""
+    from core.generation import MIN_SHARED_PREFIX, generate_turns, shared_prefix_length
+    from core.toolcalls import prompt_tokens
+
+    model, tokenizer = tool_lm
+    prompts = [prompt_tokens(tokenizer, *split_sample(sample)[:2]) for sample in held_out]
+    shared = shared_prefix_length(prompts)
+    assert shared >= MIN_SHARED_PREFIX and all(p[:shared] == prompts[0][:shared] for p in prompts)
+
+    class Counting:  # the model, counting the prompt tokens it reads (forward passes over more than one token)
+        def __init__(self, inner):
+            self.inner, self.read = inner, 0
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __call__(self, inputs, *args, **kwargs):
+            if inputs.shape[1] > 1:
+                self.read += inputs.shape[0] * inputs.shape[1]
+            return self.inner(inputs, *args, **kwargs)
+
+    answers, reads = {}, {}
+    for share in (True, False):
+        counting = Counting(model)
+        answers[share] = generate_turns(counting, tokenizer, prompts, batch_size=8, share_prefix=share)
+        reads[share] = counting.read
+    assert answers[True] == answers[False]
+    # padding aside (a prefill batch is padded to its longest prompt), the shared tokens are read once
+    assert reads[True] <= reads[False] - (len(prompts) - 1) * shared + 8 * len(prompts)
+
+
 def test_truncated_call_is_unparseable(tool_lm, held_out):
     model, tokenizer = tool_lm
     calls = [s for s in held_out if s["messages"][-1].get("tool_calls")][:4]

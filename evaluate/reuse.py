@@ -1,0 +1,99 @@
+"""The baseline's scores taken from an earlier report, where the same weights were the candidate.
+
+    python -m evaluate --adapter adapters/new --baseline-adapter adapters/old --baseline-report reports/old.json
+
+The flywheel compares each new adapter with the one in use on the same held-out turns and tasks every round;
+the adapter in use was already scored on exactly those cases when it was the candidate, and greedy decoding
+gives it the same verdicts again (docs/BENCHMARKS.md), so its scores are read back instead of regenerated.
+Reuse is refused, with the reason, unless the earlier report's candidate has the baseline's weights and
+adapter (sha256, `evaluate.served.identity`), was scored with the same settings (SAME_SETTINGS) and on the same
+cases: every held-out turn's prompt and reference, every held-out task's id, in order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from evaluate.config import EvalConfig, EvalError
+
+# the settings that decide which cases are scored and how a verdict is reached
+SAME_SETTINGS = (
+    "turns",
+    "agent",
+    "limit",
+    "tasks",
+    "max_tokens",
+    "temperature",
+    "normalize_strings",
+    "seed",
+    "batch_size",
+    "agent_max_steps",
+)
+SAME_WEIGHTS = ("weights_sha256", "adapter_sha256")
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    try:
+        report = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise EvalError(f"{path}: --baseline-report not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise EvalError(f"{path}: --baseline-report is not valid JSON ({error})") from None
+    if not isinstance(report, dict) or not isinstance((report.get("identity") or {}).get("candidate"), dict):
+        raise EvalError(f"{path}: not an evaluation report (no identity.candidate)")
+    return report
+
+
+def reused_baseline(config: EvalConfig, baseline_identity: dict) -> dict[str, Any]:
+    """{"report", "turns", "agent", "identity"}: the earlier report's candidate, checked to be this baseline
+    scored the same way (EvalError naming the report and what differs)."""
+    path = Path(config.baseline_report)
+    report = read_report(path)
+    theirs = report["identity"]["candidate"]
+    for key in SAME_WEIGHTS:
+        if theirs.get(key) != baseline_identity.get(key):
+            raise EvalError(
+                f"{path}: its candidate is not this baseline ({key} {str(theirs.get(key))[:12]}, "
+                f"baseline {str(baseline_identity.get(key))[:12]}); drop --baseline-report to score it"
+            )
+    before, now = report.get("config") or {}, config.to_dict()
+    differ = [key for key in SAME_SETTINGS if before.get(key) != now.get(key)]
+    if differ:
+        changes = ", ".join(f"{key} {before.get(key)!r} then, {now.get(key)!r} now" for key in differ)
+        raise EvalError(f"{path}: scored with other settings ({changes}); drop --baseline-report to score it")
+    blocks = {level: (report.get(level) or {}).get("candidate") for level in ("turns", "agent")}
+    for level, block in blocks.items():
+        if now[level] and not block:
+            raise EvalError(f"{path}: has no {level}-level scores of its candidate")
+    return {"report": str(path), **blocks, "identity": theirs}
+
+
+def check_same_turns(reused: dict, samples: list[dict]) -> None:
+    """The reused turn cases are these samples: each prompt and reference, in order."""
+    from core.turns import split_sample
+
+    cases = reused["turns"]["cases"]
+    if len(cases) != len(samples):
+        raise EvalError(
+            f"{reused['report']}: scored {len(cases)} held-out turns, this evaluation {len(samples)}"
+        )
+    for case, sample in zip(cases, samples, strict=True):
+        prompt, _, reference = split_sample(sample, sample.get("where"))
+        if json.loads(json.dumps([prompt, reference])) != [case["messages"], case["reference"]]:
+            raise EvalError(
+                f"{reused['report']}: held-out turn {case['index']} differs from {sample.get('where')}"
+            )
+
+
+def check_same_tasks(reused: dict, tasks: list) -> None:
+    """The reused episodes are of these tasks, in order."""
+    done = [episode["task_id"] for episode in reused["agent"]["episodes"]]
+    wanted = [task.id for task in tasks]
+    if done != wanted:
+        scored, now = sorted(set(done) - set(wanted)), sorted(set(wanted) - set(done))
+        raise EvalError(
+            f"{reused['report']}: held-out tasks differ ({len(done)} scored, {len(wanted)} now; "
+            f"scored then only: {scored[:3]}, now only: {now[:3]})"
+        )
