@@ -18,10 +18,9 @@ from typing import Any
 
 from evaluate.config import EvalConfig, EvalError
 
-# the settings that decide which cases are scored and how a verdict is reached
+# the settings that decide which cases are scored and how a verdict is reached (a level evaluated now must have
+# been evaluated then; one left out now may have been)
 SAME_SETTINGS = (
-    "turns",
-    "agent",
     "limit",
     "tasks",
     "max_tokens",

@@ -142,7 +142,7 @@ def test_the_readme_rare_work_commands_load_their_suites():
         args = build_parser().parse_args(["--config", str(ROOT / "bench" / "qwen_rare_work.toml"), *extra])
         config = load(LoopConfig, args.config, overrides=flag_overrides(args, LoopConfig))
         trained = TrainConfig(**config.train_settings(Path("qwen"), Path("d"), Path("a")))
-        assert (config.rounds, config.eval_limit, config.suite) == (2, 32, suite)
+        assert (config.rounds, config.eval_limit, config.suite) == (2, 48, suite)
         assert (trained.num_layers, trained.lora_rank, trained.lora_lm_head, trained.iters) == (
             8,
             8,

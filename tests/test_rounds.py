@@ -268,38 +268,40 @@ def test_scores_are_read_back_only_for_the_same_weights_cases_and_settings(two_r
 
 def test_evaluate_reads_the_baseline_back_from_its_report(two_rounds, tmp_path):
     """The README's `evaluate --baseline-report`: only the candidate is scored; the baseline's scores are the
-    earlier report's candidate's. A report of other weights is refused in one line, exit 2, nothing written."""
+    earlier report's candidate's. A report without the level asked for is refused in one line, exit 2."""
     root, run, _ = two_rounds
     reports, adapters = root / "reports" / run, root / "adapters" / run
     first = json.loads((reports / "round-1.json").read_text())
-    settings = ["--data", first["config"]["data"], *QUICK_LOOP_EVALUATION]
+    settings = ["--data", first["config"]["data"], *QUICK_LOOP_EVALUATION, "--out", str(tmp_path)]
 
-    def evaluate(baseline: str) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "evaluate", "--adapter", str(adapters / "round-2"), *settings]
-        command += [
-            "--out",
-            str(tmp_path / "out"),
-            "--name",
-            "reuse",
-            "--baseline-adapter",
-            str(adapters / baseline),
+    def evaluate(baseline: str, report: Path, *extra: str) -> subprocess.CompletedProcess:
+        command = [
+            sys.executable,
+            "-m",
+            "evaluate",
+            "--adapter",
+            str(adapters / "round-2"),
+            *settings,
+            *extra,
         ]
-        command += ["--baseline-report", str(reports / "round-1.json")]
+        command += ["--baseline-adapter", str(adapters / baseline), "--baseline-report", str(report)]
         return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
-    result = evaluate("round-1")
+    # turn level only (the agent level's read-back is checked by the two-round test, at no extra cost here)
+    result = evaluate("round-1", reports / "round-1.json", "--no-agent", "--name", "reuse")
     assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads((tmp_path / "out" / "reuse.json").read_text())
-    # equal down to session ids and wall times: read back, not scored again
-    assert report["turns"]["baseline"] == first["turns"]["candidate"]
-    assert report["agent"]["baseline"] == first["agent"]["candidate"]
+    report = json.loads((tmp_path / "reuse.json").read_text())
+    # equal down to wall times: read back, not scored again
+    assert report["turns"]["baseline"] == first["turns"]["candidate"] and report["agent"] is None
     assert report["identity"]["baseline"]["scores_from"] == str(reports / "round-1.json")
     assert "scores read from" in result.stderr
 
-    refused = evaluate("round-2")
+    # that report's candidate (adapter 2) has turn-level scores only: the agent level cannot be read back
+    refused = evaluate("round-2", tmp_path / "reuse.json", "--name", "refused")
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr.strip().startswith("error: ") and len(refused.stderr.strip().splitlines()) == 1
-    assert "its candidate is not this baseline" in refused.stderr
+    assert "has no agent-level scores of its candidate" in refused.stderr
+    assert not (tmp_path / "refused.json").exists()
 
 
 def test_focused_attempts_go_where_the_student_failed(suite):
