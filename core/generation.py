@@ -60,9 +60,9 @@ def generate_turns(
     if not prompts:
         return []
     shared = shared_prefix_length(prompts) if share_prefix and len(prompts) > 1 else 0
-    prefix_cache = prefilled_cache(model, prompts[0][:shared]) if shared >= MIN_SHARED_PREFIX else None
-    if prefix_cache is None:
+    if shared < MIN_SHARED_PREFIX:
         shared = 0
+    prefix_cache = prefilled_cache(model, prompts[0][:shared]) if shared else None
     generator = BatchGenerator(
         model,
         max_tokens=max_tokens,

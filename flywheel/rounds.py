@@ -169,11 +169,13 @@ def run_rounds(config: LoopConfig, student: Path, suite, all_paths: list, stages
     report = json.loads(first.report.read_text())
     # round 1 is the loop of one round: its adapter is the one in use; the rule is reported, not applied
     decision = {**decide(report), "promoted": True, "applied": False}
-    # the adapter in use was scored as the candidate of the round that made it: its scores are read back
-    best, best_name, best_report = first.adapter, "adapter 1", first.report
-    summaries = [round_summary(1, first, report, decision, "base", best)]
+    # the round that made the adapter in use: its adapter, and its report, where that adapter was the candidate
+    # (its scores are read back, not generated again)
+    best = first
+    summaries = [round_summary(1, first, report, decision, "base", best.adapter)]
     for paths in all_paths[1:]:
-        k, baseline, baseline_name, baseline_report = paths.number, best, best_name, best_report
+        k, in_use = paths.number, best
+        baseline, baseline_name = in_use.adapter, f"adapter {in_use.number}"
         console.rule(f"round {k}: the student's own successes")
         stages.run(
             "attempt",
@@ -202,18 +204,18 @@ def run_rounds(config: LoopConfig, student: Path, suite, all_paths: list, stages
             "evaluate",
             f"{k}d evaluate adapter {k} vs {baseline_name}",
             paths.report,
-            lambda paths=paths, baseline=baseline, scored=baseline_report: evaluate_round(
-                config, student, paths, test_split, console, baseline, scored
+            lambda paths=paths, in_use=in_use: evaluate_round(
+                config, student, paths, test_split, console, in_use.adapter, in_use.report
             ),
         )
         report = json.loads(paths.report.read_text())
         decision = decide(report)
         if decision["promoted"]:
-            best, best_name, best_report = paths.adapter, f"adapter {k}", paths.report
+            best = paths
         console.print(f"round {k}: {decision['reason']}")
-        summaries.append(round_summary(k, paths, report, decision, baseline_name, best))
+        summaries.append(round_summary(k, paths, report, decision, baseline_name, best.adapter))
     write_run_report(config, all_paths[0].report.parent.parent, all_paths[0].report.parent.name, summaries)
-    return summaries, best, all_paths[-1]
+    return summaries, best.adapter, all_paths[-1]
 
 
 def round_summary(k: int, paths, report: dict, decision: dict, compared_with: str, best: Path | None) -> dict:
