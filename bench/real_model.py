@@ -109,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model (resolved by `resolve_model`) and --adapter, as the benchmarks of a fetched model take them."""
+    parser.add_argument(
+        "--model", type=Path, help="model directory (default: the fetched Qwen2.5-Coder-0.5B)"
+    )
+    parser.add_argument("--adapter", type=Path, help="an adapter of the model (default: none)")
+
+
 def resolve_model(path: Path | None) -> Path:
     from models.fetch import cached_model_dir, model_dir
 

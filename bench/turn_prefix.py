@@ -25,7 +25,7 @@ import core  # noqa: F401  (binds the fast BLAS before anything imports mlx)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._report import publish  # noqa: E402
-from bench.real_model import resolve_model  # noqa: E402
+from bench.real_model import add_model_arguments, resolve_model  # noqa: E402
 
 
 def held_out_turns(student: Path, work: Path) -> Path:
@@ -47,10 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--model", type=Path, help="model directory (default: the fetched Qwen2.5-Coder-0.5B)"
-    )
-    parser.add_argument("--adapter", type=Path, help="an adapter of the model (default: none)")
+    add_model_arguments(parser)
     parser.add_argument("--n", type=int, default=48, help="held-out turns (default: %(default)s)")
     parser.add_argument(
         "--rounds", type=int, default=2, help="interleaved timing rounds (default: %(default)s)"

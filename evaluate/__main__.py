@@ -135,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument(
         "--agent-timeout", type=float, help=f"seconds per episode (default: {D.agent_timeout})"
     )
+    agent.add_argument(
+        "--agent-concurrency",
+        type=int,
+        help="episodes in flight against one server: faster, batched decoding may move a near-tied greedy "
+        f"choice, so a re-run may differ (default: {D.agent_concurrency}, repeatable)",
+    )
 
     out = parser.add_argument_group("report")
     out.add_argument("--out", dest="out_dir", type=Path, help=f"report directory (default: {D.out_dir})")

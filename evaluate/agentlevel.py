@@ -22,12 +22,9 @@ def side_episodes(
     the recording proxy into `traces` with `via_proxy`), checking which model serves them (`evaluate.served`:
     a started server is verified and recorded in `identity["agent_server"]`). Returns the episodes and,
     through the proxy, {"trace_file", "summary"}."""
-    from agent.episodes import run_episodes
-
-    options = {"max_steps": config.agent_max_steps, "timeout": config.agent_timeout}
     description = f"agent · {side.label}"
     if side.server:
-        episodes = run_episodes(tasks, side.server, config.server_model, description=description, **options)
+        episodes = run_tasks(config, tasks, side.server, config.server_model, description)
         return checked(episodes, identity, side.server), None
     from core.process import MlxServer
 
@@ -35,21 +32,43 @@ def side_episodes(
     with MlxServer(model, adapter_path=side.adapter, max_tokens=config.max_tokens) as mlx_server:
         started = identity["agent_server"] = verify_server(mlx_server.base_url, DEFAULT_ALIAS, side.model)
         if not config.via_proxy:
-            episodes = run_episodes(
-                tasks, mlx_server.base_url, DEFAULT_ALIAS, description=description, **options
-            )
+            episodes = run_tasks(config, tasks, mlx_server.base_url, DEFAULT_ALIAS, description)
             return checked(episodes, started, mlx_server.base_url), None
         from core.process import RecordingProxy
 
         recording = RecordingProxy(mlx_server.url, traces / side.label)
         with recording:
-            episodes = run_episodes(
-                tasks, recording.base_url, DEFAULT_ALIAS, description=description, **options
-            )
+            episodes = run_tasks(config, tasks, recording.base_url, DEFAULT_ALIAS, description)
     return checked(episodes, started, recording.base_url), {
         "trace_file": str(recording.trace_file),
         "summary": recording.summary,
     }
+
+
+def run_tasks(config: EvalConfig, tasks: list, base_url: str, model_name: str, description: str) -> list:
+    """The tasks' episodes, `agent_concurrency` at a time; an episode the server failed (a dropped connection,
+    a timeout: `agent.episodes.server_failed`) is run once more, alone, so that it scores the model, not the
+    server. One that fails so again stays a failure, and is counted in the summary's errors."""
+    from agent.episodes import run_episodes, server_failed
+
+    options = {"max_steps": config.agent_max_steps, "timeout": config.agent_timeout}
+    # with N in flight an episode gets at least 1/N of the server: N times the time it may take alone
+    timeout = config.agent_timeout * config.agent_concurrency
+    episodes = run_episodes(
+        tasks,
+        base_url,
+        model_name,
+        description=description,
+        **{**options, "concurrency": config.agent_concurrency, "timeout": timeout},
+    )
+    again = [i for i, episode in enumerate(episodes) if server_failed(episode)]
+    if again:
+        retried = run_episodes(
+            [tasks[i] for i in again], base_url, model_name, description=f"{description} (again)", **options
+        )
+        for i, episode in zip(again, retried, strict=True):
+            episodes[i] = episode
+    return episodes
 
 
 def checked(episodes: list, verified: dict, base_url: str) -> list[dict]:

@@ -61,6 +61,7 @@ class EvalConfig(Settings):
     seed: int = 0
     agent_max_steps: Positive = 8
     agent_timeout: Annotated[float, Field(gt=0)] = 120.0
+    agent_concurrency: Positive = 1  # episodes in flight against one server (1: a re-run repeats exactly)
     fail_under: Rate | None = None  # gate on the candidate's exact-call accuracy on call turns
     fail_under_agent: Rate | None = None  # gate on the candidate's agent task success rate
     general: str | None = None  # BFCL categories of the general check (evaluate.general); "" = the default

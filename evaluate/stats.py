@@ -11,6 +11,7 @@ together, so the pairing is kept).
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Sequence
@@ -106,10 +107,16 @@ def _case_value(case: dict, field: str) -> bool:
     return bool(case[field])
 
 
+def same_case_key(case: dict) -> str:
+    """What makes two scored turns the same case: position, prompt and reference (not the file's path, which a
+    report read back from a moved directory names differently)."""
+    return json.dumps([case.get("index"), case.get("messages"), case.get("reference")], sort_keys=True)
+
+
 def compare_turns(base: dict, adapter: dict, *, seed: int = 0) -> dict:
     """Paired comparison of two turn-level results (`TurnResults.to_dict()`) on the same cases."""
     base_cases, adapter_cases = base["cases"], adapter["cases"]
-    if [c["where"] for c in base_cases] != [c["where"] for c in adapter_cases]:
+    if list(map(same_case_key, base_cases)) != list(map(same_case_key, adapter_cases)):
         raise ValueError("base and adapter results are not over the same cases")
     paired = {}
     for rate, (subset, field) in RATE_CASES.items():

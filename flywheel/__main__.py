@@ -64,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="rounds ≥ 2: this many more attempts, shared among templates by how often the student failed them",
     )
     parser.add_argument(
+        "--top-up-iters",
+        type=int,
+        help="rounds ≥ 2: the adapter in use continues this many iterations on its new successes, instead of "
+        "a new adapter trained from the base",
+    )
+    parser.add_argument(
+        "--eval-concurrency",
+        type=int,
+        help="held-out episodes in flight against one server (default 1: a re-run repeats exactly)",
+    )
+    parser.add_argument(
         "--fine-tune-type",
         choices=["full", "lora", "dora"],
         help="default: lora (rank 32 on every linear layer)",

@@ -66,13 +66,17 @@ class LoopConfig(Settings):
     attempt_on: Literal["fresh", "train"] = "fresh"
     # this many more fresh attempts, shared among templates by how often the student failed them first
     attempt_focus: int = Field(0, ge=0)
+    # rounds ≥ 2: the adapter in use continues for this many iterations on the training lines it has not
+    # seen (its round's new successes) instead of a new adapter trained from the base for the recipe's iters
+    top_up_iters: int | None = Field(None, ge=1)
+    eval_concurrency: int = Field(1, ge=1)  # held-out episodes in flight against one server (1: repeatable)
 
     @field_validator("train")
     @classmethod
     def _train_settings_exist(cls, value: dict[str, Any]) -> dict[str, Any]:
         from train.config import TrainConfig
 
-        owned = {"model", "data", "adapter", "seed"} & set(value)
+        owned = {"model", "data", "adapter", "seed", "init_adapter"} & set(value)
         if owned:
             raise ValueError(f"cannot set {sorted(owned)}: the loop sets them")
         try:
@@ -95,9 +99,11 @@ class LoopConfig(Settings):
             attempt_tasks=self.attempt_tasks or QUICK_ATTEMPT_TASKS,
         )
 
-    def train_settings(self, student: Path, data_dir: Path, adapter_dir: Path) -> dict[str, Any]:
+    def train_settings(
+        self, student: Path, data_dir: Path, adapter_dir: Path, init_adapter: Path | None = None
+    ) -> dict[str, Any]:
         """The student's TrainConfig settings: the recipe, what follows from its iterations and learning rate,
-        then the [train] table."""
+        then the [train] table; from `init_adapter`, `top_up_iters` iterations (warm-up shortened to fit)."""
         recipe = {**STUDENT_RECIPE, **self.train}
         iters, learning_rate = recipe["iters"], recipe["learning_rate"]
         derived = {
@@ -107,7 +113,13 @@ class LoopConfig(Settings):
             "save_every": max(iters // 4, 1),
         }
         paths = {"model": str(student), "data": str(data_dir), "adapter": str(adapter_dir), "seed": self.seed}
-        return {**STUDENT_RECIPE, **derived, **self.train, **paths}
+        settings = {**STUDENT_RECIPE, **derived, **self.train, **paths}
+        if init_adapter is None:
+            return settings
+        iters = self.top_up_iters or iters
+        top_up = {"iters": iters, "steps_per_eval": max(iters // 4, 1), "save_every": max(iters // 4, 1)}
+        top_up["lr_warmup"] = min(settings["lr_warmup"], iters // 10)
+        return {**settings, **top_up, "init_adapter": str(init_adapter)}
 
     def run_name(self, student: Path) -> str:
         """`--run`, else derived from the settings: demo-…, quick-…, rounds-…, quick-rounds-…"""

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from core.turns import made_call
 from flywheel.config import LoopConfig
 from flywheel.promote import decide
-from flywheel.steps import LoopError, curate_round, evaluate_round, train_round
+from flywheel.steps import LoopError, curate_round, evaluate_round, top_up_round, train_round
 
 MAX_SERVER_ERROR_SHARE = 0.1  # more attempts than this lost to server errors: the server is failing, stop
 
@@ -33,7 +34,7 @@ def attempt(
     config: LoopConfig, student: Path, adapter: Path | None, suite, traces: Path, draw: int, console
 ) -> dict:
     """The served student attempts each task `config.attempts` times; outcomes from the tasks' own checks."""
-    from agent.episodes import run_episodes, server_failed
+    from agent.episodes import DEFAULT_TIMEOUT, run_episodes, server_failed
     from core.outcomes import append_outcomes, outcome_record
     from core.trace import read_records
     from flywheel.serve import serving
@@ -42,6 +43,8 @@ def attempt(
     traces.mkdir(parents=True)
     options = {
         "concurrency": config.attempt_concurrency,
+        # with N in flight an episode gets at least 1/N of the server: N times the time it may take alone
+        "timeout": DEFAULT_TIMEOUT * config.attempt_concurrency,
         "max_steps": config.agent_max_steps + 2,
         "temperature": config.temperature,
     }
@@ -194,12 +197,12 @@ def run_rounds(config: LoopConfig, student: Path, suite, all_paths: list, stages
                 traces, paths.data, config, student, console, require_outcome="success"
             ),
         )
-        stages.run(
-            "train",
-            f"{k}c train adapter {k}",
-            paths.adapter,
-            lambda paths=paths: train_round(config, student, paths, console),
-        )
+        if config.top_up_iters:
+            title = f"{k}c adapter {k}: {baseline_name} topped up on its new successes"
+            build = partial(top_up_round, config, student, paths, in_use, console)
+        else:
+            title, build = f"{k}c train adapter {k}", partial(train_round, config, student, paths, console)
+        stages.run("train", title, paths.adapter, build)
         stages.run(
             "evaluate",
             f"{k}d evaluate adapter {k} vs {baseline_name}",
@@ -218,6 +221,18 @@ def run_rounds(config: LoopConfig, student: Path, suite, all_paths: list, stages
     return summaries, best.adapter, all_paths[-1]
 
 
+def training_summary(adapter: Path) -> dict[str, Any]:
+    """How the round's adapter was made, from its manifest: iterations, the adapter it started from (None: the
+    base), its train lines."""
+    manifest = json.loads((adapter / "manifest.json").read_text())
+    config = manifest["config"]
+    return {
+        "iters": config["iters"],
+        "init_adapter": config.get("init_adapter"),
+        "train_lines": manifest["data"]["files"]["train.jsonl"]["lines"],
+    }
+
+
 def round_summary(k: int, paths, report: dict, decision: dict, compared_with: str, best: Path | None) -> dict:
     collection_file = paths.traces / "collection.json"
     collection = json.loads(collection_file.read_text()) if collection_file.exists() else {}
@@ -228,6 +243,7 @@ def round_summary(k: int, paths, report: dict, decision: dict, compared_with: st
         "adapter": str(paths.adapter),
         "report": str(paths.report),
         "compared_with": compared_with,
+        "training": training_summary(paths.adapter),
         "collection": {
             key: collection.get(key) for key in ("teacher", "episodes", "solved", "by_template", "policy")
         },

@@ -84,6 +84,17 @@ def _ci(ci) -> str:
     return "" if not ci or ci[0] is None else f" <small>[{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]</small>"
 
 
+def made_by(summary: dict, names: dict[str, str]) -> str:
+    """What made a round's adapter: 'from the base, 150 iterations on 137 train lines', or from the adapter
+    a top-up continued."""
+    training = summary.get("training")
+    if not training:  # a run summary written before rounds recorded it
+        return "—"
+    start = training["init_adapter"]
+    start = "the base" if start is None else names.get(start, start)
+    return f"from {start}, {training['iters']} iterations on {training['train_lines']} train lines"
+
+
 def render(run: dict) -> str:
     e = html.escape
     points = curve_points(run["rounds"])
@@ -106,9 +117,10 @@ def render(run: dict) -> str:
         )
     out.append(
         "</table><h2>Promotion decisions</h2><table><tr><th>round</th><th>training data from</th>"
-        "<th>compared with</th><th>check</th><th>baseline</th><th>candidate</th><th>n</th><th>p</th>"
+        "<th>adapter made</th><th>compared with</th><th>check</th><th>baseline</th><th>candidate</th><th>n</th><th>p</th>"
         "<th>passed</th><th>promoted</th></tr>"
     )
+    names = {r["adapter"]: f"adapter {r['round']}" for r in run["rounds"]}
     for r in run["rounds"]:
         checks = r["decision"]["checks"]
         source = r["collection"].get("teacher") or (
@@ -119,6 +131,7 @@ def render(run: dict) -> str:
             head = (
                 (
                     f"<td rowspan={len(checks)}>{r['round']}</td><td rowspan={len(checks)}>{e(str(source))}</td>"
+                    f"<td rowspan={len(checks)}>{e(made_by(r, names))}</td>"
                     f"<td rowspan={len(checks)}>{e(r['compared_with'])}</td>"
                 )
                 if i == 0

@@ -63,6 +63,32 @@ def train_round(config: LoopConfig, student: Path, paths: RoundPaths, console) -
     return {}
 
 
+TOP_UP = "top-up"  # beside a round's curated data: the lines its top-up trains on
+
+
+def top_up_round(config: LoopConfig, student: Path, paths: RoundPaths, in_use: RoundPaths, console) -> dict:
+    """Adapter k: the adapter in use continues (`top_up_iters`) on the round's train lines it was not trained
+    on, its own new successes; validated on the round's valid split."""
+    import train
+
+    seen = set((in_use.data / "train.jsonl").read_text().splitlines())
+    new = [line for line in (paths.data / "train.jsonl").read_text().splitlines() if line not in seen]
+    if not new:
+        raise LoopError(
+            f"round {paths.number}: {paths.data / 'train.jsonl'} holds no line adapter {in_use.number} was not "
+            "trained on: nothing to top up with (more attempts, or attempt_focus, may find successes)"
+        )
+    data = paths.data / TOP_UP
+    data.mkdir(exist_ok=True)
+    (data / "train.jsonl").write_text("\n".join(new) + "\n")
+    (data / "valid.jsonl").write_bytes((paths.data / "valid.jsonl").read_bytes())
+    console.print(f"  top-up: adapter {in_use.number} continues on {len(new)} new train lines")
+    settings = config.train_settings(student, data, paths.adapter, init_adapter=in_use.adapter)
+    settings["batch_size"] = min(settings["batch_size"], len(new))  # a batch cannot outnumber the lines
+    train.run(train.TrainConfig(**settings), console=console)
+    return {"top_up_lines": len(new), "from": str(in_use.adapter)}
+
+
 def evaluate_round(
     config: LoopConfig,
     student: Path,
@@ -86,6 +112,7 @@ def evaluate_round(
         name=paths.report.stem,
         limit=config.eval_limit,
         agent_max_steps=config.agent_max_steps,
+        agent_concurrency=config.eval_concurrency,
         seed=config.seed,
     )
     evaluate.run(eval_config, console=console)

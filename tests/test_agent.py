@@ -347,3 +347,38 @@ def test_a_failing_server_is_told_apart_from_a_failing_model(suite, tmp_path):
     assert [server_failed(e) for e in (nobody, gone, wrong, looping)] == [True, True, False, False], [
         e.error for e in (nobody, gone, wrong, looping)
     ]
+
+
+class FlakyTeacher(Teacher):
+    """The scripted teacher, but the first request of each of the first `drops` tasks loses its connection."""
+
+    def __init__(self, suite, drops: int):
+        super().__init__(suite)
+        self.drops, self.dropped = drops, []
+
+    async def answer(self, request, http):
+        first_user = next(m["content"] for m in request["messages"] if m["role"] == "user")
+        if len(self.dropped) < self.drops and first_user not in self.dropped:
+            self.dropped.append(first_user)
+            http.reset()
+            return
+        await super().answer(request, http)
+
+
+def test_evaluation_runs_an_episode_the_server_dropped_again(suite):
+    """An episode that ends in a server error says nothing about the model: evaluate runs it once more, alone,
+    instead of scoring it a failure (with episodes in flight, a loaded mlx_lm server drops one now and then)."""
+    from agent.episodes import server_failed
+    from evaluate.agentlevel import run_tasks
+    from evaluate.config import EvalConfig
+
+    tasks = suite.held_out[:4]
+    with FlakyTeacher(suite, drops=2) as teacher:
+        plain = run_episodes(tasks, teacher.base_url, teacher.model_name, concurrency=2, show_progress=False)
+    assert sum(map(server_failed, plain)) == 2 and sum(e.success for e in plain) == 2  # what a retry repairs
+    config = EvalConfig(agent_concurrency=2, agent_max_steps=6)
+    with FlakyTeacher(suite, drops=2) as teacher:
+        episodes = run_tasks(config, tasks, teacher.base_url, teacher.model_name, "agent · flaky")
+        assert len(teacher.dropped) == 2
+    assert [e.task_id for e in episodes] == [t.id for t in tasks]
+    assert all(e.success and not e.error for e in episodes)

@@ -131,7 +131,7 @@ def test_the_readme_sweep_command_runs_one_round_of_the_mixed_suite():
 def test_the_readme_rare_work_commands_load_their_suites():
     """`python -m flywheel --config bench/qwen_rare_work.toml [--suite demo_new_work]` (README, issue #15): the
     real-model recipe at 150 iterations on the suite where the teacher shows 4 (or none) of three templates'
-    40 train tasks, 4 held-out tasks per template scored."""
+    40 train tasks, every held-out task scored, 8 episodes in flight; round 2 tops adapter 1 up."""
     from agent.tasks import load_suite
     from flywheel.__main__ import build_parser
 
@@ -150,3 +150,7 @@ def test_the_readme_rare_work_commands_load_their_suites():
             150,
         )
         assert len(load_suite(config.suite).train) == teacher_tasks
+        # round 2 tops up adapter 1: 36 iterations from its weights, the warm-up shortened to fit
+        topped = TrainConfig(**config.train_settings(Path("qwen"), Path("d"), Path("a2"), Path("a1")))
+        assert (topped.iters, topped.lr_warmup, topped.init_adapter, topped.lora_rank) == (36, 3, "a1", 8)
+        assert (config.eval_concurrency, config.attempt_concurrency) == (8, 8)

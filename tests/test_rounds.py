@@ -101,6 +101,7 @@ def test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report(two_rou
     # the run report: the curve over base, adapter 1, adapter 2, and the decision with its statistics
     run_report = json.loads((root / "reports" / f"{run}.json").read_text())
     assert [p["label"] for p in run_report["curve"]] == ["base", "adapter 1", "adapter 2"]
+    assert [r["training"]["init_adapter"] for r in run_report["rounds"]] == [None, None]  # both from the base
     decision = run_report["rounds"][1]["decision"]
     agent_check = decision["checks"][0]
     assert agent_check["n"] == 6 and "p_one_sided" in agent_check
@@ -224,6 +225,48 @@ def test_the_gate_refuses_a_worse_adapter_and_keeps_the_one_in_use(two_rounds, t
         assert again == [case[verdict] for case in first[level]["candidate"][key]]
 
 
+def test_a_round_can_top_up_the_adapter_in_use_on_its_new_successes(two_rounds, tmp_path):
+    """`--top-up-iters N`: round 2's adapter is adapter 1 continued for N iterations on the train lines adapter 1
+    never saw (the student's new successes), not a new adapter from the base; evaluated and gated as any other.
+    The run is extended in a copy: round 1 and round 2's attempts and data are reused, nothing collected again."""
+    import hashlib
+    import shutil
+
+    root, run, _ = two_rounds
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    shutil.rmtree(copy / "adapters" / run / "round-2")
+    for path in (copy / "reports" / run).glob("round-2*"):
+        path.unlink()
+    args = ["--quick", "--rounds", "2", "--root", str(copy), "--run", run]
+    result = flywheel(*args, "--top-up-iters", "4", "--eval-concurrency", "2", timeout=900)
+    # round 1's four stages, round 2's attempt and curate
+    assert result.stderr.count("(reused: complete from an earlier run)") == 6
+    assert "adapter 1 topped up on its new successes" in result.stderr
+
+    data = copy / "data" / run
+    seen = set((data / "round-1" / "train.jsonl").read_text().splitlines())
+    new = [x for x in (data / "round-2" / "train.jsonl").read_text().splitlines() if x not in seen]
+    assert new and (data / "round-2" / "top-up" / "train.jsonl").read_text().splitlines() == new
+    assert f"top-up: adapter 1 continues on {len(new)} new train lines" in result.stderr
+    adapter_1 = copy / "adapters" / run / "round-1"
+    manifest = json.loads((copy / "adapters" / run / "round-2" / "manifest.json").read_text())
+    assert manifest["config"]["iters"] == 4 and manifest["config"]["init_adapter"] == str(adapter_1)
+    sha256 = hashlib.sha256((adapter_1 / "adapters.safetensors").read_bytes()).hexdigest()
+    assert manifest["config_notes"]["init_adapter_sha256"] == sha256
+
+    evaluation = json.loads((copy / "reports" / run / "round-2.json").read_text())
+    assert evaluation["config"]["agent_concurrency"] == 2
+    assert evaluation["agent"]["candidate"]["summary"]["n_episodes"] == 6
+    run_report = json.loads((copy / "reports" / f"{run}.json").read_text())
+    assert [p["label"] for p in run_report["curve"]] == ["base", "adapter 1", "adapter 2"]
+    assert "p_one_sided" in run_report["rounds"][1]["decision"]["checks"][0]
+    training = {"iters": 4, "init_adapter": str(adapter_1), "train_lines": len(new)}
+    assert run_report["rounds"][1]["training"] == training
+    html = (copy / "reports" / f"{run}.html").read_text()
+    assert f"from adapter 1, 4 iterations on {len(new)} train lines" in html
+
+
 def test_scores_are_read_back_only_for_the_same_weights_cases_and_settings(two_rounds, tmp_path):
     """`--baseline-report` refuses, with a one-line reason, a report whose candidate is other weights, that
     was scored with other settings or on other cases, or that is not a report; nothing is scored first."""
@@ -326,3 +369,22 @@ def test_focused_attempts_go_where_the_student_failed(suite):
     # a template whose train pools are nearly spent gets what they still hold, not an error
     narrow = [SimpleNamespace(template="find_definition", success=False)]
     assert 0 < len(focused_tasks(suite, narrow, 50, draw=1)) < 50
+
+
+def test_a_top_up_without_new_lines_stops_the_round_saying_why(tmp_path):
+    """Every train line of round 2 was already trained on by the adapter in use: nothing is trained, and the
+    error names the file and what might find successes."""
+    from rich.console import Console
+
+    from flywheel.config import LoopConfig
+    from flywheel.steps import LoopError, round_paths, top_up_round
+
+    first, second = (round_paths(tmp_path, "run", k, several=True) for k in (1, 2))
+    for paths in (first, second):
+        paths.data.mkdir(parents=True)
+        (paths.data / "train.jsonl").write_text('{"messages": []}\n')
+        (paths.data / "valid.jsonl").write_text("")
+    config = LoopConfig(top_up_iters=4)
+    with pytest.raises(LoopError, match=r"round-2/train.jsonl holds no line adapter 1 was not trained on"):
+        top_up_round(config, tmp_path / "student", second, first, Console(file=io.StringIO()))
+    assert not second.adapter.exists() and not (second.data / "top-up").exists()

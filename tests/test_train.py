@@ -518,3 +518,37 @@ def test_two_process_ring_training_averages_gradients(tmp_path, model_dir, data_
     assert manifest["distributed"]["world_size"] == 2
     assert manifest["distributed"]["replicas_identical"] is True
     assert manifest["status"] == "finished" and manifest["final"]["iteration"] == 6
+
+
+def test_init_adapter_starts_from_its_weights_and_refuses_another_shape(
+    tmp_path, lora_run, model_dir, data_dir
+):
+    """`--init-adapter DIR` starts the trainable layers at DIR's weights (at a vanishing learning rate they end
+    there, where a fresh run's do not), records its sha256, and refuses an adapter of another rank in one line."""
+    import hashlib
+
+    import mlx.core as mx
+
+    flags = ["--model", str(model_dir), "--data", str(data_dir), "--num-layers", "-1", "--lora-lm-head"]
+    flags += ["--iters", "2", "--learning-rate", "1e-30", "--save-every", "2", "--timing-steps", "0"]
+    start = mx.load(str(lora_run / "adapters.safetensors"))
+    ends = {}
+    for name, extra in (("fresh", []), ("continued", ["--init-adapter", str(lora_run)])):
+        done = run_cli([*flags, "--lora-rank", "16", "--adapter", str(tmp_path / name), *extra], cwd=tmp_path)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        ends[name] = mx.load(str(tmp_path / name / "adapters.safetensors"))
+    assert set(ends["continued"]) == set(start)
+    assert all(mx.array_equal(ends["continued"][k], start[k]).item() for k in start)
+    assert not all(mx.array_equal(ends["fresh"][k], start[k]).item() for k in start)
+    manifest = json.loads((tmp_path / "continued" / "manifest.json").read_text())
+    sha256 = hashlib.sha256((lora_run / "adapters.safetensors").read_bytes()).hexdigest()
+    assert manifest["config"]["init_adapter"] == str(lora_run)
+    assert manifest["config_notes"]["init_adapter_sha256"] == sha256
+
+    other = run_cli(
+        [*flags, "--lora-rank", "8", "--adapter", str(tmp_path / "other"), "--init-adapter", str(lora_run)],
+        cwd=tmp_path,
+    )
+    assert other.returncode == 1 and not (tmp_path / "other" / "adapters.safetensors").exists()
+    (line,) = [x for x in other.stderr.splitlines() if "init_adapter" in x]
+    assert str(lora_run / "adapter_config.json") in line and "lora_parameters" in line

@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="longer samples are truncated, and counted in preflight (default: 2048)",
     )
     g.add_argument("--seed", type=int, help="weights init and data order (default: 0)")
+    g.add_argument(
+        "--init-adapter",
+        metavar="DIR",
+        help="start from this adapter's weights (same layers, rank and keys) instead of fresh LoRA weights",
+    )
     g = p.add_argument_group("reports, checkpoints, selection")
     g.add_argument("--steps-per-report", type=int, help="default: 10")
     g.add_argument("--steps-per-eval", type=int, help="validation loss every N iterations (default: 200)")

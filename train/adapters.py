@@ -125,6 +125,39 @@ def setup(model, config) -> dict[str, Any]:
     return {"adapter_config": adapter_config, "notes": notes}
 
 
+# what must agree for an adapter's weights to start another run's (its adapter_config.json against ours)
+SAME_SHAPE = ("fine_tune_type", "num_layers", "lora_parameters")
+
+
+def load_initial(model, adapter_config: dict[str, Any], init_dir: Path) -> str:
+    """Load `init_dir`'s adapter weights into the freshly set-up trainable layers; a ValueError (one line,
+    naming the file) when it was trained with other layers, rank or keys. Returns its weights' sha256."""
+    import hashlib
+    import json
+
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    config_file, weights_file = init_dir / "adapter_config.json", init_dir / "adapters.safetensors"
+    for path in (config_file, weights_file):
+        if not path.is_file():
+            raise ValueError(f"init_adapter: {path} not found")
+    theirs = json.loads(config_file.read_text())
+    differ = [key for key in SAME_SHAPE if theirs.get(key) != adapter_config.get(key)]
+    if differ:
+        key = differ[0]
+        raise ValueError(
+            f"init_adapter: {config_file}: {key} is {theirs.get(key)!r}, this run's is {adapter_config.get(key)!r}"
+        )
+    weights = mx.load(str(weights_file))
+    ours = dict(tree_flatten(model.trainable_parameters()))
+    if set(weights) != set(ours) or any(weights[k].shape != ours[k].shape for k in ours):
+        raise ValueError(f"init_adapter: {weights_file} does not hold this run's trainable weights")
+    model.load_weights(list(weights.items()), strict=False)
+    mx.eval(model.parameters())
+    return hashlib.sha256(weights_file.read_bytes()).hexdigest()
+
+
 def trainable_summary(model) -> dict[str, float]:
     from mlx.utils import tree_flatten
     from mlx_lm.utils import get_total_parameters

@@ -51,6 +51,8 @@ class TrainConfig(Settings):
     lora_keys: list[str] | None = None  # module names to adapt; None = every linear layer in the blocks
     lora_lm_head: bool = False  # also adapt the output head (the embedding when tied)
     lora_embeddings: bool = False  # also adapt the input embedding
+    # start from this adapter's weights (trained with the same layers, rank and keys) instead of fresh ones
+    init_adapter: str | None = None
     mask_prompt: bool = True  # loss on the assistant turns only (the final one; a session sample's supervised ones)
     # session samples (`"supervise"`: "all_assistant_turns" or the turns' indices): one sequence each ("whole";
     # per-turn where the chat template does not allow it), or one sample per supervised turn as `mlx_lm lora`
@@ -92,7 +94,7 @@ class TrainConfig(Settings):
     def extra(self) -> dict[str, Any]:
         return self._notes
 
-    @field_validator("model", "data", "adapter", "fuse", mode="before")
+    @field_validator("model", "data", "adapter", "fuse", "init_adapter", mode="before")
     @classmethod
     def _path_as_text(cls, value: Any) -> Any:
         return os.fspath(value) if isinstance(value, os.PathLike) else value
@@ -166,6 +168,8 @@ def check(config: TrainConfig) -> TrainConfig:
             "lora_lm_head/lora_embeddings/lora_keys",
             "apply to lora and dora; full fine-tuning with num_layers = -1 already trains the head and embeddings",
         )
+    if config.init_adapter and config.fine_tune_type == "full":
+        fail("init_adapter", "applies to lora and dora (full fine-tuning has no adapter to start from)")
     if config.patience and config.select_by != "tool-success":
         fail("patience", "needs select_by = 'tool-success' (early stopping is judged by tool-call success)")
     if config.stop_after is not None and not 0 < config.stop_after < config.iters:

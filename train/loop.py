@@ -172,6 +172,14 @@ def choose_trainable(state: Run) -> None:
     state.adapter_config = setup["adapter_config"]
     for note in setup["notes"]:
         state.print(f"[dim]{note}[/dim]")
+    if state.config.init_adapter:
+        init_dir = Path(state.config.init_adapter)
+        try:
+            sha256 = adapters.load_initial(state.model, state.adapter_config, init_dir)
+        except ValueError as error:
+            raise pf.PreflightError(str(error)) from None
+        state.config.extra["init_adapter_sha256"] = sha256
+        state.print(f"starting from the weights of {init_dir} (sha256 {sha256[:12]})")
     state.trainable = adapters.trainable_summary(state.model)
     state.print(
         f"trainable parameters {state.trainable['trainable_parameters'] / 1e6:.3f}M of "
