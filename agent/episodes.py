@@ -67,6 +67,7 @@ class Episode:
     failed_checks: list[str] = field(default_factory=list)
     calls: list[dict] = field(default_factory=list)  # {"name", "arguments", "ok"}: what ran, and whether it worked
     models: list[str] = field(default_factory=list)  # the `model` the server's responses named
+    first_try_error: str | None = None  # run again after the server failed it (evaluate): that first error
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -8,6 +8,7 @@ the model's resolved local path and checked to serve it before any task runs.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def run_tasks(config: EvalConfig, tasks: list, base_url: str, model_name: str, d
             [tasks[i] for i in again], base_url, model_name, description=f"{description} (again)", **options
         )
         for i, episode in zip(again, retried, strict=True):
-            episodes[i] = episode
+            episodes[i] = replace(episode, first_try_error=episodes[i].error)
     return episodes
 
 

@@ -109,8 +109,10 @@ def _case_value(case: dict, field: str) -> bool:
 
 def same_case_key(case: dict) -> str:
     """What makes two scored turns the same case: position, prompt and reference (not the file's path, which a
-    report read back from a moved directory names differently)."""
-    return json.dumps([case.get("index"), case.get("messages"), case.get("reference")], sort_keys=True)
+    report read back from a moved directory names differently). A result that records no prompt: its place."""
+    if "messages" not in case:
+        return case["where"]
+    return json.dumps([case.get("index"), case["messages"], case.get("reference")], sort_keys=True)
 
 
 def compare_turns(base: dict, adapter: dict, *, seed: int = 0) -> dict:

@@ -82,6 +82,7 @@ def attempt(
         "episodes": len(episodes),
         "server_errors": len(broken),
         "server_error_sessions": [e.session_id for e in broken],  # recorded, never labelled
+        "server_error_kinds": dict(Counter(e.error.split(":", 1)[0] for e in broken)),
         "solved": sum(e.success for e in episodes),
         "by_template": {t: {"solved": solved[t], "episodes": n} for t, n in sorted(tried.items())},
         "agent_requests": sum(e.steps for e in episodes),
@@ -217,7 +218,9 @@ def run_rounds(config: LoopConfig, student: Path, suite, all_paths: list, stages
             best = paths
         console.print(f"round {k}: {decision['reason']}")
         summaries.append(round_summary(k, paths, report, decision, baseline_name, best.adapter))
-    write_run_report(config, all_paths[0].report.parent.parent, all_paths[0].report.parent.name, summaries)
+    # round 1 may be a one-round run's (shared), laid out as one; rounds ≥ 2 are always reports/RUN/round-K.json
+    run_reports = all_paths[-1].report.parent
+    write_run_report(config, run_reports.parent, run_reports.name, summaries)
     return summaries, best.adapter, all_paths[-1]
 
 

@@ -56,6 +56,26 @@ def servers_still_running() -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """`python -m flywheel --quick` run fresh, then again (every stage reused): (root, run, first, again).
+    tests/test_rounds.py extends the same root to two rounds, which shares this round 1 instead of running it
+    again (the round-sharing it tests)."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("flywheel-run")
+    command = [sys.executable, "-m", "flywheel", "--quick", "--root", str(root)]
+    env = dict(os.environ, COLUMNS="400")  # rich wraps at 80 columns without a terminal
+    repo = Path(__file__).resolve().parent.parent
+    first = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=900, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    (run_name,) = [p.name for p in (root / "traces").iterdir()]
+    return root, run_name, first, again
+
+
+@pytest.fixture(scope="session")
 def tiny_model():
     """Directory of the random-weight tiny Qwen2-style model (no tool skill)."""
     from models.tiny import cached_model

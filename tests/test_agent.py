@@ -368,7 +368,7 @@ class FlakyTeacher(Teacher):
 def test_evaluation_runs_an_episode_the_server_dropped_again(suite):
     """An episode that ends in a server error says nothing about the model: evaluate runs it once more, alone,
     instead of scoring it a failure (with episodes in flight, a loaded mlx_lm server drops one now and then)."""
-    from agent.episodes import server_failed
+    from agent.episodes import SERVER_ERRORS, server_failed
     from evaluate.agentlevel import run_tasks
     from evaluate.config import EvalConfig
 
@@ -382,3 +382,5 @@ def test_evaluation_runs_an_episode_the_server_dropped_again(suite):
         assert len(teacher.dropped) == 2
     assert [e.task_id for e in episodes] == [t.id for t in tasks]
     assert all(e.success and not e.error for e in episodes)
+    again = [e for e in episodes if e.first_try_error]  # what the first try ended in stays on record
+    assert len(again) == 2 and all(e.first_try_error.split(":")[0] in SERVER_ERRORS for e in again)

@@ -16,16 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("flywheel-run")
-    command = [sys.executable, "-m", "flywheel", "--quick", "--root", str(root)]
-    env = dict(os.environ, COLUMNS="400")  # rich wraps at 80 columns without a terminal
-    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
-    assert first.returncode == 0, first.stderr[-3000:]
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert again.returncode == 0, again.stderr[-3000:]
-    (run_name,) = [p.name for p in (root / "traces").iterdir()]
-    return root, run_name, first, again
+def quick_run(quick_demo):
+    """The README's `--quick` run, fresh and then again (conftest: tests/test_rounds.py extends it later)."""
+    return quick_demo
 
 
 @pytest.mark.timeout(1200)
@@ -41,7 +34,10 @@ def test_quick_demo_produces_every_artifact(quick_run):
     assert (
         collection["recorded"] == len(lines) == collection["agent_requests"] == collection["teacher_requests"]
     )
-    assert collection["solved"] == collection["episodes"] > 0
+    from agent.tasks import load_suite
+
+    # the teacher solves every train task of the demo (tests/test_teacher.py: every held-out one)
+    assert collection["solved"] == collection["episodes"] == len(load_suite("demo").train)
     assert all(line.record["session_id"] for line in lines)
 
     # Curate: the accounting identity holds and there is data to train on.

@@ -9,12 +9,15 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from agent.episodes import SERVER_ERRORS
 from core.outcomes import read_outcomes
 from core.trace import read_records
+from flywheel.steps import RoundPaths, round_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 # `--quick --rounds 2`'s evaluation settings, for evaluations that must score as the loop did
@@ -35,25 +38,39 @@ def flywheel(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
     return result
 
 
+@dataclass(frozen=True)
+class TwoRounds:
+    root: Path
+    run: str  # the two-round run's name
+    result: subprocess.CompletedProcess
+    first: RoundPaths  # round 1: the `--quick` run's, which the two-round run shares
+    second: RoundPaths
+
+
 @pytest.fixture(scope="module")
-def two_rounds(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rounds")
+def two_rounds(quick_demo) -> TwoRounds:
+    """`--quick --rounds 2` where `--quick` ran already (conftest's quick_demo): round 1 is shared, round 2 runs."""
+    root, quick, _, _ = quick_demo
     result = flywheel("--quick", "--rounds", "2", "--root", str(root))
-    (run,) = [p.name for p in (root / "traces").iterdir()]
-    return root, run, result
+    (run,) = [p.name for p in (root / "traces").iterdir() if p.name.startswith("quick-rounds-")]
+    assert run == quick.replace("quick-", "quick-rounds-", 1)
+    first, second = round_paths(root, quick, 1, several=False), round_paths(root, run, 2, several=True)
+    return TwoRounds(root, run, result, first, second)
 
 
 @pytest.mark.timeout(1500)
 def test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report(two_rounds):
-    root, run, result = two_rounds
-    assert run.startswith("quick-rounds-")
-    first, second = (root / "traces" / run / f"round-{k}" for k in (1, 2))
+    root, run, result = two_rounds.root, two_rounds.run, two_rounds.result
+    first, second = two_rounds.first.traces, two_rounds.second.traces
+    # round 1 is the `--quick` run's, shared: its four stages reused, nothing collected again under this run
+    assert result.stderr.count("(reused: complete from an earlier run)") == 4
+    assert not (root / "traces" / run / "round-1").exists()
 
     # round 2's traces are the student's own attempts, served behind the recorder: every record names the
     # policy that answered (round 1's adapter on the tiny base), every session has its task check's outcome
     records = list(read_records([second]))
     assert records
-    adapter_1 = (root / "adapters" / run / "round-1").resolve()
+    adapter_1 = two_rounds.first.adapter.resolve()
     for record in records:
         assert Path(record["policy"]["adapter_path"]).resolve() == adapter_1
         assert len(record["policy"]["adapter_sha256"]) == 64
@@ -61,6 +78,8 @@ def test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report(two_rou
     collection = json.loads((second / "collection.json").read_text())
     # an attempt lost to a server error (mlx_lm server drops a connection now and then) is recorded, not labelled
     lost = set(collection["server_error_sessions"])
+    assert sum(collection["server_error_kinds"].values()) == len(lost)
+    assert set(collection["server_error_kinds"]) <= set(SERVER_ERRORS)
     assert len(lost) == collection["server_errors"] <= 0.1 * 48 * collection["attempts"] and not lost & set(
         outcomes
     )
@@ -72,7 +91,7 @@ def test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report(two_rou
     assert all(o["source"] == "check" for o in read_outcomes([first]).values())
 
     # round 2's data: the teacher's episodes and the student's successes, failed attempts left out
-    report = json.loads((root / "data" / run / "round-2" / "report.json").read_text())
+    report = json.loads((two_rounds.second.data / "report.json").read_text())
     by_outcome = report["by_outcome"]
     assert set(by_outcome) <= {"success", "failure"} | (
         {"(none)"} if lost else set()
@@ -86,14 +105,14 @@ def test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report(two_rou
     assert report["config"]["require_outcome"] == "success"
 
     # adapter 2 was evaluated against adapter 1 (the one in use) on round 1's held-out turns and the held-out tasks
-    evaluation = json.loads((root / "reports" / run / "round-2.json").read_text())
+    evaluation = json.loads(two_rounds.second.report.read_text())
     assert evaluation["labels"] == {"candidate": "adapter", "baseline": "baseline adapter"}
-    assert Path(evaluation["adapter"]).resolve() == (root / "adapters" / run / "round-2").resolve()
+    assert Path(evaluation["adapter"]).resolve() == two_rounds.second.adapter.resolve()
     assert Path(evaluation["config"]["baseline_adapter"]).resolve() == adapter_1
-    assert Path(evaluation["data"]).resolve() == (root / "data" / run / "round-1" / "test.jsonl").resolve()
+    assert Path(evaluation["data"]).resolve() == (two_rounds.first.data / "test.jsonl").resolve()
     # adapter 1's scores are read back from round 1, where it was the candidate, not generated again
-    first_evaluation = json.loads((root / "reports" / run / "round-1.json").read_text())
-    assert evaluation["identity"]["baseline"]["scores_from"] == str(root / "reports" / run / "round-1.json")
+    first_evaluation = json.loads(two_rounds.first.report.read_text())
+    assert evaluation["identity"]["baseline"]["scores_from"] == str(two_rounds.first.report)
     assert evaluation["turns"]["baseline"] == first_evaluation["turns"]["candidate"]
     assert evaluation["agent"]["baseline"] == first_evaluation["agent"]["candidate"]
     assert "scores read from" in result.stderr
@@ -105,8 +124,8 @@ def test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report(two_rou
     decision = run_report["rounds"][1]["decision"]
     agent_check = decision["checks"][0]
     assert agent_check["n"] == 6 and "p_one_sided" in agent_check
-    expected_best = "round-2" if decision["promoted"] else "round-1"
-    assert Path(run_report["best"]).name == expected_best
+    expected_best = two_rounds.second if decision["promoted"] else two_rounds.first
+    assert Path(run_report["best"]) == expected_best.adapter
     html = (root / "reports" / f"{run}.html").read_text()
     assert "data:image/png;base64," in html and "Promotion decisions" in html
     assert "round 2: adapter 2 solved" in result.stdout
@@ -123,34 +142,32 @@ def test_two_quick_rounds_collect_on_policy_filter_train_gate_and_report(two_rou
 
 
 def test_a_rerun_reuses_every_round(two_rounds):
-    root, run, _ = two_rounds
+    root = two_rounds.root
     again = flywheel("--quick", "--rounds", "2", "--root", str(root), timeout=300)
     assert again.stderr.count("(reused: complete from an earlier run)") == 8  # 4 stages × 2 rounds
 
 
 def test_one_round_and_several_share_round_one(two_rounds):
-    """`--rounds 1` with the same settings is round 1 of the two-round run (and `--rounds 1` then `--rounds 3`
-    extends the one-round run the same way): nothing is collected or trained again."""
+    """`--rounds 2` after `--quick` with the same settings starts at round 2 (the fixture's run: round 1's
+    four stages reused); and `--rounds 1` after that is the same round 1 again: nothing collected or trained."""
     from rich.console import Console
 
     from flywheel.loop import LoopConfig, run_loop
 
-    root, run, _ = two_rounds
+    root, run, first = two_rounds.root, two_rounds.run, two_rounds.first
     one = run_loop(LoopConfig(quick=True, root=root), console=Console(file=io.StringIO()))
     assert len(one.reused) == 4 and one.run == run.replace("quick-rounds-", "quick-")
-    assert one.report_json == root / "reports" / run / "round-1.json"
-    assert one.adapter_dir == root / "adapters" / run / "round-1"
-    assert not (root / "traces" / one.run).exists()
+    assert (one.report_json, one.adapter_dir, one.traces_dir) == (first.report, first.adapter, first.traces)
+    assert not (root / "traces" / run / "round-1").exists()
 
 
 def test_the_gate_refuses_a_worse_adapter_and_keeps_the_one_in_use(two_rounds, tmp_path):
     """A deliberately worse adapter (3 iterations from the base) against adapter 1: not promoted."""
     from flywheel.promote import decide
 
-    root, run, _ = two_rounds
-    data = root / "data" / run / "round-1"
+    adapter_1, data = two_rounds.first.adapter, two_rounds.first.data
     worse = tmp_path / "worse"
-    manifest = json.loads((root / "adapters" / run / "round-1" / "manifest.json").read_text())
+    manifest = json.loads((adapter_1 / "manifest.json").read_text())
     student = manifest["base_model"]["path"]
     subprocess.run(
         [
@@ -197,7 +214,7 @@ def test_the_gate_refuses_a_worse_adapter_and_keeps_the_one_in_use(two_rounds, t
             "--model",
             student,
             "--baseline-adapter",
-            str(root / "adapters" / run / "round-1"),
+            str(adapter_1),
             "--data",
             str(data / "test.jsonl"),
             *QUICK_LOOP_EVALUATION,
@@ -219,7 +236,7 @@ def test_the_gate_refuses_a_worse_adapter_and_keeps_the_one_in_use(two_rounds, t
 
     # adapter 1 scored again here, with the loop's settings, reaches round 1's verdicts on every turn and task:
     # what lets later rounds read its scores back (evaluate.reuse) instead of generating them again
-    first = json.loads((root / "reports" / run / "round-1.json").read_text())
+    first = json.loads(two_rounds.first.report.read_text())
     for level, key, verdict in (("turns", "cases", "code"), ("agent", "episodes", "success")):
         again = [case[verdict] for case in report[level]["baseline"][key]]
         assert again == [case[verdict] for case in first[level]["candidate"][key]]
@@ -228,13 +245,26 @@ def test_the_gate_refuses_a_worse_adapter_and_keeps_the_one_in_use(two_rounds, t
 def test_a_round_can_top_up_the_adapter_in_use_on_its_new_successes(two_rounds, tmp_path):
     """`--top-up-iters N`: round 2's adapter is adapter 1 continued for N iterations on the train lines adapter 1
     never saw (the student's new successes), not a new adapter from the base; evaluated and gated as any other.
-    The run is extended in a copy: round 1 and round 2's attempts and data are reused, nothing collected again."""
+    The run is extended in a copy, named with `--run`, its round 1 moved into the run's own round-1 places
+    (every file now somewhere else than its reports say): round 1 and round 2's attempts and data are reused."""
     import hashlib
     import shutil
 
-    root, run, _ = two_rounds
+    root, run = two_rounds.root, two_rounds.run
     copy = tmp_path / "root"
     shutil.copytree(root, copy)
+    first = round_paths(copy, two_rounds.first.traces.name, 1, several=False)
+    moved = round_paths(copy, run, 1, several=True)
+    for source, target in (
+        (first.traces, moved.traces),
+        (first.data, moved.data),
+        (first.adapter, moved.adapter),
+    ):
+        shutil.move(source, target)
+    for suffix in (".json", ".json.flywheel-stage.json", ".html"):
+        shutil.move(
+            first.report.with_name(first.report.stem + suffix), moved.report.with_name("round-1" + suffix)
+        )
     shutil.rmtree(copy / "adapters" / run / "round-2")
     for path in (copy / "reports" / run).glob("round-2*"):
         path.unlink()
@@ -272,14 +302,13 @@ def test_scores_are_read_back_only_for_the_same_weights_cases_and_settings(two_r
     was scored with other settings or on other cases, or that is not a report; nothing is scored first."""
     from evaluate import EvalConfig, EvalError, run
 
-    root, run_name, _ = two_rounds
-    reports, adapters = root / "reports" / run_name, root / "adapters" / run_name
-    first = json.loads((reports / "round-1.json").read_text())
+    one, two = two_rounds.first, two_rounds.second
+    first = json.loads(one.report.read_text())
     loop_settings = {k: first["config"][k] for k in ("data", "limit", "tasks", "agent_max_steps", "seed")}
     config = EvalConfig(
-        adapter=adapters / "round-2",
-        baseline_adapter=adapters / "round-1",
-        baseline_report=reports / "round-1.json",
+        adapter=two.adapter,
+        baseline_adapter=one.adapter,
+        baseline_report=one.report,
         out_dir=tmp_path,
         **loop_settings,
     )
@@ -290,9 +319,7 @@ def test_scores_are_read_back_only_for_the_same_weights_cases_and_settings(two_r
         assert "\n" not in str(error.value) and not list(tmp_path.iterdir())
         return str(error.value)
 
-    assert "its candidate is not this baseline (adapter_sha256" in refused(
-        baseline_adapter=adapters / "round-2"
-    )
+    assert "its candidate is not this baseline (adapter_sha256" in refused(baseline_adapter=two.adapter)
     assert "scored with other settings (limit 6 then, 5 now)" in refused(limit=5)
     assert "agent_max_steps 6 then, 8 now" in refused(agent_max_steps=8)
     changed = tmp_path.parent / f"{tmp_path.name}-changed.jsonl"
@@ -304,7 +331,7 @@ def test_scores_are_read_back_only_for_the_same_weights_cases_and_settings(two_r
         assert "differs from" in refused(data=changed)
     finally:
         changed.unlink()
-    assert "not an evaluation report" in refused(baseline_report=adapters / "round-1" / "manifest.json")
+    assert "not an evaluation report" in refused(baseline_report=one.adapter / "manifest.json")
     assert "--baseline-report not found" in refused(baseline_report=tmp_path / "nowhere.json")
     assert "needs a baseline" in refused(baseline=False)
 
@@ -312,35 +339,34 @@ def test_scores_are_read_back_only_for_the_same_weights_cases_and_settings(two_r
 def test_evaluate_reads_the_baseline_back_from_its_report(two_rounds, tmp_path):
     """The README's `evaluate --baseline-report`: only the candidate is scored; the baseline's scores are the
     earlier report's candidate's. A report without the level asked for is refused in one line, exit 2."""
-    root, run, _ = two_rounds
-    reports, adapters = root / "reports" / run, root / "adapters" / run
-    first = json.loads((reports / "round-1.json").read_text())
+    one, two = two_rounds.first, two_rounds.second
+    first = json.loads(one.report.read_text())
     settings = ["--data", first["config"]["data"], *QUICK_LOOP_EVALUATION, "--out", str(tmp_path)]
 
-    def evaluate(baseline: str, report: Path, *extra: str) -> subprocess.CompletedProcess:
+    def evaluate(baseline: Path, report: Path, *extra: str) -> subprocess.CompletedProcess:
         command = [
             sys.executable,
             "-m",
             "evaluate",
             "--adapter",
-            str(adapters / "round-2"),
+            str(two.adapter),
             *settings,
             *extra,
         ]
-        command += ["--baseline-adapter", str(adapters / baseline), "--baseline-report", str(report)]
+        command += ["--baseline-adapter", str(baseline), "--baseline-report", str(report)]
         return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
     # turn level only (the agent level's read-back is checked by the two-round test, at no extra cost here)
-    result = evaluate("round-1", reports / "round-1.json", "--no-agent", "--name", "reuse")
+    result = evaluate(one.adapter, one.report, "--no-agent", "--name", "reuse")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "reuse.json").read_text())
     # equal down to wall times: read back, not scored again
     assert report["turns"]["baseline"] == first["turns"]["candidate"] and report["agent"] is None
-    assert report["identity"]["baseline"]["scores_from"] == str(reports / "round-1.json")
+    assert report["identity"]["baseline"]["scores_from"] == str(one.report)
     assert "scores read from" in result.stderr
 
     # that report's candidate (adapter 2) has turn-level scores only: the agent level cannot be read back
-    refused = evaluate("round-2", tmp_path / "reuse.json", "--name", "refused")
+    refused = evaluate(two.adapter, tmp_path / "reuse.json", "--name", "refused")
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr.strip().startswith("error: ") and len(refused.stderr.strip().splitlines()) == 1
     assert "has no agent-level scores of its candidate" in refused.stderr

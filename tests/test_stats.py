@@ -140,6 +140,15 @@ def test_compare_turns_rejects_different_cases():
     b = _results([_case("t:2", "ok", [])])
     with pytest.raises(ValueError, match="same cases"):
         compare_turns(a, b)
+    # cases that record their prompt pair by position, prompt and reference, wherever the file was read from
+    prompt = [{"role": "user", "content": "Read a."}]
+
+    def scored(where: str, messages: list) -> dict:
+        return _results([{**_case(where, "ok", READ), "index": 0, "messages": messages, "reference": READ}])
+
+    compare_turns(scored("/old/test.jsonl:1", prompt), scored("/moved/test.jsonl:1", prompt))
+    with pytest.raises(ValueError, match="same cases"):
+        compare_turns(scored("t:1", prompt), scored("t:1", [{"role": "user", "content": "Read b."}]))
 
 
 def test_agent_summary_comparison_and_flags():
