@@ -45,6 +45,7 @@ from core.trace import SESSION_HEADER
 
 DEFAULT_MAX_STEPS = 8
 DEFAULT_TIMEOUT = 120.0
+DEFAULT_REQUEST_TIMEOUT = 120.0
 TOOL_ERROR_PREFIX = "Error: "
 
 
@@ -126,7 +127,7 @@ def build_agent(
     instructions: str | None = SYSTEM_PROMPT,
     tool_retries: int = 2,
     max_tokens: int | None = None,
-    request_timeout: float = 120.0,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     http_client=None,
     api_key: str = "flywheel-local",
     temperature: float = 0.0,
@@ -305,10 +306,17 @@ def run_episode(task: Task, base_url: str, model_name: str, **options) -> Episod
 async def run_episodes_async(
     tasks: list[Task], base_url: str, model_name: str, *, concurrency: int = 1, progress=None, **options
 ) -> list[Episode]:
-    semaphore = asyncio.Semaphore(max(1, concurrency))
+    in_flight = max(1, concurrency)
+    semaphore = asyncio.Semaphore(in_flight)
+    # with N in flight an episode gets at least 1/N of the server: its time limits (the episode's and each
+    # request's) are N times one alone's, so that load never turns into a time-out
+    options = {
+        **options,
+        "timeout": options.get("timeout", DEFAULT_TIMEOUT) * in_flight,
+        "request_timeout": options.get("request_timeout", DEFAULT_REQUEST_TIMEOUT) * in_flight,
+    }
     # one connection pool for all episodes: a new client per episode costs ~45 ms (TLS context set-up)
-    timeout = options.get("request_timeout", 120.0)
-    async with httpx.AsyncClient(timeout=timeout) as shared:
+    async with httpx.AsyncClient(timeout=options["request_timeout"]) as shared:
         options = {"http_client": shared, **options}
 
         async def one(task: Task) -> Episode:
@@ -331,7 +339,8 @@ def run_episodes(
     description: str = "episodes",
     **options,
 ) -> list[Episode]:
-    """Run every task (in order, `concurrency` at a time) with a rich progress bar; episodes in task order."""
+    """Run every task (in order, `concurrency` at a time) with a rich progress bar; episodes in task order.
+    With N in flight the time limits (`timeout`, `request_timeout`) are N times one episode's alone."""
     if not show_progress:
         return asyncio.run(
             run_episodes_async(tasks, base_url, model_name, concurrency=concurrency, **options)

@@ -53,14 +53,8 @@ def run_tasks(config: EvalConfig, tasks: list, base_url: str, model_name: str, d
     from agent.episodes import run_episodes, server_failed
 
     options = {"max_steps": config.agent_max_steps, "timeout": config.agent_timeout}
-    # with N in flight an episode gets at least 1/N of the server: N times the time it may take alone
-    timeout = config.agent_timeout * config.agent_concurrency
     episodes = run_episodes(
-        tasks,
-        base_url,
-        model_name,
-        description=description,
-        **{**options, "concurrency": config.agent_concurrency, "timeout": timeout},
+        tasks, base_url, model_name, description=description, concurrency=config.agent_concurrency, **options
     )
     again = [i for i, episode in enumerate(episodes) if server_failed(episode)]
     if again:

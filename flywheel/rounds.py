@@ -34,7 +34,7 @@ def attempt(
     config: LoopConfig, student: Path, adapter: Path | None, suite, traces: Path, draw: int, console
 ) -> dict:
     """The served student attempts each task `config.attempts` times; outcomes from the tasks' own checks."""
-    from agent.episodes import DEFAULT_TIMEOUT, run_episodes, server_failed
+    from agent.episodes import run_episodes, server_failed
     from core.outcomes import append_outcomes, outcome_record
     from core.trace import read_records
     from flywheel.serve import serving
@@ -43,8 +43,6 @@ def attempt(
     traces.mkdir(parents=True)
     options = {
         "concurrency": config.attempt_concurrency,
-        # with N in flight an episode gets at least 1/N of the server: N times the time it may take alone
-        "timeout": DEFAULT_TIMEOUT * config.attempt_concurrency,
         "max_steps": config.agent_max_steps + 2,
         "temperature": config.temperature,
     }

@@ -384,3 +384,30 @@ def test_evaluation_runs_an_episode_the_server_dropped_again(suite):
     assert all(e.success and not e.error for e in episodes)
     again = [e for e in episodes if e.first_try_error]  # what the first try ended in stays on record
     assert len(again) == 2 and all(e.first_try_error.split(":")[0] in SERVER_ERRORS for e in again)
+
+
+class SlowTeacher(Teacher):
+    """The scripted teacher, answering each request after `delay` seconds."""
+
+    def __init__(self, suite, delay: float):
+        super().__init__(suite)
+        self.delay = delay
+
+    async def answer(self, request, http):
+        import asyncio
+
+        await asyncio.sleep(self.delay)
+        await super().answer(request, http)
+
+
+def test_episodes_in_flight_get_time_limits_scaled_to_their_number(suite):
+    """A time limit is for an episode alone: with N in flight each gets N times it, so that a loaded server
+    never turns into a time-out (which would score the server, not the model)."""
+    task = next(t for t in suite.held_out if t.template == "read_value")  # read the file, then answer: 2 requests
+    with SlowTeacher(suite, delay=0.4) as teacher:
+        alone = run_episodes([task], teacher.base_url, teacher.model_name, timeout=0.6, show_progress=False)
+        assert alone[0].error.startswith("TimeoutError")
+        three = run_episodes(
+            [task] * 3, teacher.base_url, teacher.model_name, timeout=0.6, concurrency=3, show_progress=False
+        )
+    assert all(e.success for e in three), [e.error for e in three]
