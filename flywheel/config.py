@@ -31,6 +31,11 @@ QUICK_EVAL_LIMIT = 6
 QUICK_ATTEMPT_TASKS = 48
 
 
+def checkpoints(iters: int) -> dict[str, int]:
+    """Validation and checkpoints four times in a run of `iters` iterations."""
+    return {"steps_per_eval": max(iters // 4, 1), "save_every": max(iters // 4, 1)}
+
+
 class LoopConfig(Settings):
     """Settings of one turn of the flywheel: `python -m flywheel [--config flywheel.toml] [flags]`.
 
@@ -109,16 +114,14 @@ class LoopConfig(Settings):
         derived = {
             "lr_warmup": min(50, iters // 10),
             "min_learning_rate": learning_rate / 100,
-            "steps_per_eval": max(iters // 4, 1),
-            "save_every": max(iters // 4, 1),
+            **checkpoints(iters),
         }
         paths = {"model": str(student), "data": str(data_dir), "adapter": str(adapter_dir), "seed": self.seed}
         settings = {**STUDENT_RECIPE, **derived, **self.train, **paths}
         if init_adapter is None:
             return settings
         iters = self.top_up_iters or iters
-        top_up = {"iters": iters, "steps_per_eval": max(iters // 4, 1), "save_every": max(iters // 4, 1)}
-        top_up["lr_warmup"] = min(settings["lr_warmup"], iters // 10)
+        top_up = {"iters": iters, "lr_warmup": min(settings["lr_warmup"], iters // 10), **checkpoints(iters)}
         return {**settings, **top_up, "init_adapter": str(init_adapter)}
 
     def run_name(self, student: Path) -> str:

@@ -132,11 +132,12 @@ SAME_SHAPE = ("fine_tune_type", "num_layers", "lora_parameters")
 def load_initial(model, adapter_config: dict[str, Any], init_dir: Path) -> str:
     """Load `init_dir`'s adapter weights into the freshly set-up trainable layers; a ValueError (one line,
     naming the file) when it was trained with other layers, rank or keys. Returns its weights' sha256."""
-    import hashlib
     import json
 
     import mlx.core as mx
     from mlx.utils import tree_flatten
+
+    from train.manifest import sha256_file
 
     config_file, weights_file = init_dir / "adapter_config.json", init_dir / "adapters.safetensors"
     for path in (config_file, weights_file):
@@ -155,7 +156,7 @@ def load_initial(model, adapter_config: dict[str, Any], init_dir: Path) -> str:
         raise ValueError(f"init_adapter: {weights_file} does not hold this run's trainable weights")
     model.load_weights(list(weights.items()), strict=False)
     mx.eval(model.parameters())
-    return hashlib.sha256(weights_file.read_bytes()).hexdigest()
+    return sha256_file(weights_file)
 
 
 def trainable_summary(model) -> dict[str, float]:
