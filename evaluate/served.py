@@ -21,10 +21,10 @@ A refusal is one line: the URL, what it serves and what the report would have na
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
+from core.digest import combined_sha256, sha256_file
 from evaluate.config import EvalError
 
 DEFAULT_ALIAS = "default_model"
@@ -44,20 +44,12 @@ def local_path(model: str | Path | None) -> Path | None:
         return None
 
 
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
-
-
 def weights_sha256(model_dir: Path | None) -> str | None:
     """One digest over (file name, sha256) of the weight files (*.safetensors) of a model directory."""
     files = sorted(Path(model_dir).glob("*.safetensors")) if model_dir else []
     if not files:
         return None
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(f"{path.name}\0{sha256_file(path)}\n".encode())
-    return digest.hexdigest()
+    return combined_sha256((path.name, sha256_file(path)) for path in files)
 
 
 def identity(model: str | None, adapter: Path | None) -> dict[str, Any]:

@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="rounds ≥ 2: this many more attempts, shared among templates by how often the student failed them",
     )
     parser.add_argument(
+        "--focus-on",
+        choices=["failures", "frontier"],
+        help="how --attempt-focus shares its attempts: by failures (default), or by successes × failures / "
+        "attempts (templates the student sometimes solves; none to one it never solved, unless no template "
+        "is sometimes solved)",
+    )
+    parser.add_argument(
         "--top-up-iters",
         type=int,
         help="rounds ≥ 2: the adapter in use continues this many iterations on its new successes, instead of "

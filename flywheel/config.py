@@ -69,8 +69,11 @@ class LoopConfig(Settings):
     # "fresh": new tasks drawn from the suite's train pools each round (new work, as a deployed student meets);
     # "train": the suite's own train tasks, which the teacher already solved
     attempt_on: Literal["fresh", "train"] = "fresh"
-    # this many more fresh attempts, shared among templates by how often the student failed them first
+    # this many more fresh attempts, shared among templates by the first attempts (flywheel.rounds.focus_weights):
+    # "failures", by how often the student failed them; "frontier", by successes × failures / attempts, so
+    # a template it never solved gets none while another one it sometimes solves is there to learn from
     attempt_focus: int = Field(0, ge=0)
+    focus_on: Literal["failures", "frontier"] = "failures"
     # rounds ≥ 2: the adapter in use continues for this many iterations on the training lines it has not
     # seen (its round's new successes) instead of a new adapter trained from the base for the recipe's iters
     top_up_iters: int | None = Field(None, ge=1)

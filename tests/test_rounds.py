@@ -396,6 +396,15 @@ def test_focused_attempts_go_where_the_student_failed(suite):
     narrow = [SimpleNamespace(template="find_definition", success=False)]
     assert 0 < len(focused_tasks(suite, narrow, 50, draw=1)) < 50
 
+    # "frontier": only the half-solved template has successes and failures both, so it takes the whole budget;
+    # with no such template the share falls back to failures
+    frontier = focused_tasks(suite, episodes, 16, draw=1, focus_on="frontier")
+    assert {task.template for task in frontier} == {half} and len(frontier) == 16
+    without_half = [e for e in episodes if e.template != half]
+    fallback = focused_tasks(suite, without_half, 16, draw=1, focus_on="frontier")
+    assert {task.template for task in fallback} == {never} and len(fallback) == 16
+    assert focused_tasks(suite, episodes[:4], 16, draw=1, focus_on="frontier") == []
+
 
 def test_a_top_up_without_new_lines_stops_the_round_saying_why(tmp_path):
     """Every train line of round 2 was already trained on by the adapter in use: nothing is trained, and the

@@ -260,7 +260,8 @@ def test_preflight_names_file_and_line(tmp_path, model_dir):
 
 
 def test_lora_run_learns_and_writes_everything(lora_run, model_dir, data_dir):
-    from train.manifest import data_files, directory_digest, sha256_file
+    from core.digest import sha256_file
+    from train.manifest import data_files, directory_digest
 
     saved = read_toml(lora_run / "train.toml")  # flags > train.toml > defaults, saved with the adapter
     assert saved["iters"] == 30 and saved["seed"] == 3 and saved["learning_rate"] == 2e-4
@@ -464,7 +465,7 @@ def test_full_fine_tune_loads_as_adapter(tmp_path, model_dir, data_dir):
 
 
 def test_select_by_tool_success_with_patience(tmp_path, model_dir, data_dir):
-    from train.manifest import sha256_file
+    from core.digest import sha256_file
 
     adapter = train_tiny(
         model_dir,

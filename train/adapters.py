@@ -137,7 +137,7 @@ def load_initial(model, adapter_config: dict[str, Any], init_dir: Path) -> str:
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from train.manifest import sha256_file
+    from core.digest import sha256_file
 
     config_file, weights_file = init_dir / "adapter_config.json", init_dir / "adapters.safetensors"
     for path in (config_file, weights_file):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import platform
 import subprocess
@@ -12,6 +11,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from core.digest import combined_sha256, sha256_file
 
 if TYPE_CHECKING:
     from train.state import Run
@@ -93,11 +94,6 @@ def iso(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
 
 
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
-
-
 def directory_digest(directory: Path) -> dict[str, Any]:
     """sha256 of every file under `directory` and one digest over (relative path, file digest) pairs."""
     directory = Path(directory)
@@ -106,10 +102,7 @@ def directory_digest(directory: Path) -> dict[str, Any]:
         for p in sorted(directory.rglob("*"))
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts)
     }
-    combined = hashlib.sha256()
-    for name, digest in files.items():
-        combined.update(f"{name}\0{digest}\n".encode())
-    return {"sha256": combined.hexdigest(), "files": files}
+    return {"sha256": combined_sha256(files.items()), "files": files}
 
 
 def data_files(data_dir: Path) -> dict[str, Any]:
