@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import hashlib
 import json
 import os
@@ -47,13 +46,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.real_model_eval import evaluate_report, evaluate_side  # noqa: E402
+from bench.real_model_report import ALPHA, EXACT_TARGET, TIME_TARGET_S, markdown  # noqa: E402
 from core.cli import command_parser  # noqa: E402  (importing core binds the fast BLAS before mlx loads)
 
 MODEL_NAME = "qwen2.5-coder-0.5b"
 FETCH_COMMAND = f"uv run python -m models fetch {MODEL_NAME}"
-EXACT_TARGET = 0.80
-TIME_TARGET_S = 30 * 60
-ALPHA = 0.05
 
 EPILOG = f"""examples:
   {FETCH_COMMAND}   # once
@@ -290,221 +288,6 @@ def train_summary(adapter_dir: Path, seconds: float, iters: int) -> dict:
         "val_seconds": round(sum(m.get("val_time_s", 0) for m in vals), 1),
         "peak_memory_gb": max((m.get("peak_memory_gb", 0) for m in steps), default=None),
         "loss": json.loads((adapter_dir / "manifest.json").read_text()).get("loss"),
-    }
-
-
-def evaluate_side(
-    label: str, model: Path, adapter: Path | None, turn_sets: dict, tasks, args, stages, workdir
-):
-    """Turn level (each turn set), then agent level, against one `mlx_lm server` (base, or base + adapter)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from agent.episodes import run_episodes
-    from core.process import MlxServer
-    from core.turns import evaluate_turns_server
-
-    stages.begin(f"serve {label}")
-    server = MlxServer(
-        model,
-        adapter_path=adapter,
-        max_tokens=args.max_tokens,
-        startup_timeout=600,
-        log_path=workdir / f"server-{label}.log",
-    )
-    with server:
-        # one request alone first: the server caches the shared system prompt + tool listing it prefilled
-        evaluate_turns_server(server.base_url, next(iter(turn_sets.values()))[:1], max_tokens=1)
-        stages.end()
-
-        turns = {}
-        for set_name, samples in turn_sets.items():
-            stages.begin(f"turns {label} ({set_name})")
-            columns = (
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-            )
-            with Progress(*columns, console=stages.console) as bar:
-                bar_id = bar.add_task(f"turns · {label} · {set_name}", total=len(samples))
-                results = evaluate_turns_server(
-                    server.base_url,
-                    samples,
-                    max_tokens=args.max_tokens,
-                    concurrency=args.concurrency,
-                    progress=lambda done, total, b=bar, i=bar_id: b.update(i, completed=done),
-                )
-            rates = results.rates
-            stages.console.print(
-                f"  exact calls {fmt_rate(rates['exact_call_accuracy'])} · parsed calls "
-                f"{fmt_rate(rates['parsed_call_rate'])} · {codes({k: v for k, v in results.codes.items() if v})}"
-            )
-            turns[set_name] = results.to_dict()
-            stages.end()
-
-        stages.begin(f"agent {label}")
-        episodes = run_episodes(
-            tasks,
-            server.base_url,
-            "default_model",
-            concurrency=args.concurrency,
-            description=f"agent · {label}",
-            max_steps=args.agent_max_steps,
-            timeout=args.agent_timeout,
-        )
-        stages.end()
-    return turns, [e.to_dict() for e in episodes]
-
-
-# ---------------------------------------------------------------------------------------------- report
-
-
-def fmt_rate(value) -> str:
-    return "–" if value is None else f"{value:.0%}"
-
-
-def fmt_p(value) -> str:
-    return "–" if value is None else f"{value:.2g}"
-
-
-TURN_SETS = {
-    "test split": "curate's test split of the train-task traces (sessions never trained on)",
-    "held-out tasks": "the teacher's turns on the held-out tasks (new names; report_value never trained on)",
-}
-TURN_ROWS = (
-    ("parsed_call_rate", "parsed tool call"),
-    ("name_accuracy", "right tool name"),
-    ("exact_call_accuracy", "exact call (name + arguments)"),
-    ("abstention_accuracy", "final answer without a call"),
-)
-
-
-def markdown(summary: dict) -> str:
-    s, turns, agent = summary["settings"], summary["turns"], summary["agent"]
-    tokens, train, data = summary["tokens"], summary["train"], summary["data"]
-    lines = [
-        "Qwen2.5-Coder-0.5B-Instruct (f32, converted offline from the GGUF on PyPI) learns the reference agent's",
-        "tool calls from the scripted demonstrator's traces: collect → curate → LoRA → base vs adapter on held-out",
-        f"work. Command: `{summary['command']}`",
-        "",
-        "| setting | value |",
-        "|---|---|",
-        f"| suite | `{s['suite']}`: {data['train_tasks']} train tasks ({data['collection']['train']['recorded']} "
-        f"recorded requests), {data['held_out_tasks']} held-out tasks |",
-        f"| training data | {counts(data['splits'])} samples; {tokens['tokens_mean']:.0f} tokens/sample "
-        f"(max {tokens['tokens_max']}) of which {tokens['supervised_mean']:.0f} supervised; the first "
-        f"{tokens['shared_prompt_prefix']} (system prompt + tool listing) are the same in every prompt |",
-        f"| LoRA | rank {s['lora_rank']}, last {s['num_layers']} blocks"
-        f"{' + lm_head' if not s['no_lora_lm_head'] else ''}; {s['iters']} iterations × batch {s['batch_size']} "
-        f"({s['iters'] * s['batch_size']} samples seen), lr {s['lr']:g} cosine → {s['lr'] / 10:g}, "
-        f"max_seq_length {s['max_seq_length']}, seed {s['seed']} |",
-    ]
-    for name, result in turns.items():
-        lines.append(
-            f"| turns: {name} | {result['n']} cases ({result['n_call_cases']} with a reference call), spread over "
-            f"{result['available']}: {TURN_SETS[name]} |"
-        )
-    lines += [
-        f"| agent | {agent['n']} held-out tasks, round-robin over templates ({', '.join(agent['templates'])}); "
-        f"≤ {s['agent_max_steps']} model requests each; the end state is checked |",
-        f"| generation | greedy, max_tokens {s['max_tokens']}, {s['concurrency']} concurrent requests to "
-        "`mlx_lm server` (one per side) |",
-        "",
-        "| result | base | adapter | McNemar p |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, result in turns.items():
-        for key, label in TURN_ROWS:
-            paired = result["paired"].get(key) or {}
-            lines.append(
-                f"| turns ({name}): {label} | {fmt_rate(result['base'][key])} | "
-                f"{fmt_rate(result['adapter'][key])} | {fmt_p(paired.get('mcnemar_p'))} |"
-            )
-    a = agent["paired"]
-    lines += [
-        f"| **agent: held-out tasks solved** | {agent['base_successes']}/{agent['n']} | "
-        f"{agent['adapter_successes']}/{agent['n']} | {fmt_p(a['mcnemar_p'])} "
-        f"({a['adapter_only']} adapter-only, {a['base_only']} base-only) |",
-        "",
-    ]
-    for name, result in turns.items():
-        lines.append(
-            f"Turn verdicts ({name}): base {codes(result['base_codes'])}; adapter {codes(result['adapter_codes'])}."
-        )
-    lines += ["", "| stage | seconds |", "|---|---:|"]
-    lines += [f"| {name} | {sec:.0f} |" for name, sec in summary["stage_seconds"].items()]
-    t = summary["targets"]
-    lines += [
-        f"| **total** | **{summary['total_seconds']:.0f}** ({summary['total_seconds'] / 60:.1f} min) |",
-        "",
-        f"Training: {train['s_per_iter']:.1f} s per iteration overall (model load, preflight and "
-        f"{train['val_seconds']:.0f} s of validation included; median step {train['median_step_s']} s); train loss "
-        f"{fmt_loss(train['first_train_loss'])} → {fmt_loss(train['final_train_loss'])} (first and last report "
-        f"window), validation loss {fmt_loss(train['first_val_loss'])} → {fmt_loss(train['final_val_loss'])}; "
-        f"{train.get('loss') or 'loss: –'} (`train/loss.py`).",
-        "",
-        f"Targets (issue #7): exact calls ≥ {EXACT_TARGET:.0%} on the test split **{yes(t['exact_calls_test_split'])}**"
-        f", on the held-out tasks' turns **{yes(t['exact_calls_held_out_tasks'])}**; significant agent-level gain "
-        f"(McNemar p < {ALPHA}) **{yes(t['agent_gain'])}**; ≤ 30 min **{yes(t['time'])}**.",
-        "",
-        f"Machine load: load average (1/5/15 min) {summary['load']['start']} at the start, "
-        f"{summary['load']['end']} at the end, 1-min maximum {summary['load']['max_1min']} at stage ends, on "
-        f"{summary['load']['cores']} cores (the run alone keeps one to two cores busy; a higher load means other "
-        "processes competed and the times are inflated).",
-    ]
-    if summary["reused"]:
-        lines += ["", f"Reused from an earlier run (times not comparable): {', '.join(summary['reused'])}."]
-    return "\n".join(lines)
-
-
-def fmt_loss(value) -> str:
-    return "–" if value is None else f"{value:.2f}"
-
-
-def codes(counts: dict) -> str:
-    return ", ".join(f"{code} {n}" for code, n in counts.items())
-
-
-def counts(splits: dict) -> str:
-    return " / ".join(f"{n} {name}" for name, n in splits.items() if n)
-
-
-def yes(flag: bool) -> str:
-    return "met" if flag else "not met"
-
-
-def evaluate_report(name: str, model: Path, adapter: Path, args, base_turns, adapter_turns, episodes) -> dict:
-    """A report in evaluate's format, so evaluate.report renders it (HTML, console table)."""
-    from agent.episodes import summarize
-    from evaluate import stats
-
-    turns = {"baseline": base_turns, "candidate": adapter_turns}
-    turns["comparison"] = stats.compare_turns(base_turns, adapter_turns, seed=args.seed)
-    agent = None
-    if episodes is not None:
-        base, adapted = episodes
-        agent = {
-            "suite": args.suite,
-            "n_tasks": len(adapted),
-            "baseline": {"episodes": base, "summary": summarize(base), "proxy": None},
-            "candidate": {"episodes": adapted, "summary": summarize(adapted), "proxy": None},
-        }
-        agent["comparison"] = stats.compare_agent(base, adapted, seed=args.seed)
-    return {
-        "name": name,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "model": str(model),
-        "adapter": str(adapter),
-        "baseline_model": str(model),
-        "server": None,
-        "data": None,
-        "tasks": args.suite if agent else None,
-        "labels": {"candidate": "adapter", "baseline": "base"},
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "turns": turns,
-        "agent": agent,
-        "regressions": stats.regressions(turns, agent),
-        "gate": None,
     }
 
 

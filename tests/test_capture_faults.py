@@ -1,6 +1,7 @@
 """Capture loses nothing (issue #14): the fault suite, against the real `python -m proxy` run in a process
-group of its own as a terminal runs it. The cases live in bench/capture_faults.py, which also runs them
-repeatedly and writes docs/RELIABILITY.md; here each runs once.
+group of its own as a terminal runs it. The cases live in bench/capture_faults.py (the traffic faults in
+bench/capture_traffic.py), which also runs them repeatedly and writes docs/RELIABILITY.md; here each runs
+once.
 
 Every case asserts that each request the proxy certainly saw (the client got an answer, or the upstream
 got it) is a record or a counted loss (records + losses = sent - unseen, where unseen requests never
@@ -15,7 +16,9 @@ import sys
 
 import pytest
 
-from bench.capture_faults import SIGNAL_CASES, TRAFFIC_CASES, Outcome, disk_full, traffic_faults
+from bench.capture_faults import SIGNAL_CASES, disk_full
+from bench.capture_harness import Outcome
+from bench.capture_traffic import TRAFFIC_CASES, traffic_faults
 from proxy.scripted_upstream import ScriptedUpstream
 
 needs_proc = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the recorder via /proc")

@@ -26,7 +26,7 @@ import httpx
 import openai
 import pytest
 
-from bench.capture_faults import recorder_pid
+from bench.capture_harness import recorder_pid
 from core.net import free_port
 from core.trace import SESSION_HEADER, read_trace_lines, validation_errors
 from proxy import RecordingProxy
