@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         "a new adapter trained from the base",
     )
     parser.add_argument(
+        "--eval-max-tokens",
+        type=int,
+        help="tokens a side may write per held-out turn and agent request (default 256)",
+    )
+    parser.add_argument(
         "--eval-concurrency",
         type=int,
         help="held-out episodes in flight against one server (default 1: a re-run repeats exactly)",

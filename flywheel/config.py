@@ -78,6 +78,9 @@ class LoopConfig(Settings):
     # seen (its round's new successes) instead of a new adapter trained from the base for the recipe's iters
     top_up_iters: int | None = Field(None, ge=1)
     eval_concurrency: int = Field(1, ge=1)  # held-out episodes in flight against one server (1: repeatable)
+    # tokens a side may write per held-out turn and agent request (evaluate's --max-tokens): a model that
+    # writes prose instead of a call runs to this limit, so it sets how long the base's evaluation takes
+    eval_max_tokens: int = Field(256, ge=1)
 
     @field_validator("train")
     @classmethod

@@ -113,6 +113,7 @@ def evaluate_round(
         limit=config.eval_limit,
         agent_max_steps=config.agent_max_steps,
         agent_concurrency=config.eval_concurrency,
+        max_tokens=config.eval_max_tokens,
         seed=config.seed,
     )
     evaluate.run(eval_config, console=console)

@@ -154,3 +154,26 @@ def test_the_readme_rare_work_commands_load_their_suites():
         topped = TrainConfig(**config.train_settings(Path("qwen"), Path("d"), Path("a2"), Path("a1")))
         assert (topped.iters, topped.lr_warmup, topped.init_adapter, topped.lora_rank) == (36, 3, "a1", 8)
         assert (config.eval_concurrency, config.attempt_concurrency) == (8, 8)
+        # its focused attempts go to templates it sometimes solves
+        assert (config.attempt_focus, config.focus_on) == (16, "frontier")
+
+
+def test_the_evaluation_token_limit_is_a_loop_setting_that_reaches_evaluate(monkeypatch, tmp_path):
+    """`--eval-max-tokens N` (the Qwen config: 128) is what every side of a round's evaluation may write per turn
+    and agent request; the default stays evaluate's own."""
+    import evaluate
+    from flywheel.__main__ import build_parser
+    from flywheel.steps import evaluate_round, round_paths
+
+    seen = []
+    monkeypatch.setattr(evaluate, "run", lambda config, console=None: seen.append(config))
+    args = build_parser().parse_args(["--eval-max-tokens", "64"])
+    for config, expected in (
+        (load(LoopConfig, None, overrides=flag_overrides(args, LoopConfig)), 64),
+        (LoopConfig(), evaluate.EvalConfig().max_tokens),
+    ):
+        paths = round_paths(tmp_path, "run", 2, several=True)
+        evaluate_round(config, tmp_path / "student", paths, tmp_path / "test.jsonl", None, None)
+        assert seen.pop().max_tokens == expected
+    qwen = load(LoopConfig, ROOT / "bench" / "qwen_rare_work.toml")
+    assert qwen.eval_max_tokens == 128
