@@ -151,12 +151,13 @@ def answers(model: Path, adapter: Path | None, samples: list[dict], args) -> dic
     reused from the workdir."""
     from rich.console import Console
 
+    from core.digest import sha256_file
     from evaluate.config import EvalConfig, Side
     from evaluate.turnlevel import progress_bar, side_results
 
     key = {"model": str(model), "adapter": str(adapter), "spec": args.spec, "max_tokens": args.max_tokens}
     if adapter is not None:
-        key["adapter_sha256"] = hashlib.sha256((adapter / "adapters.safetensors").read_bytes()).hexdigest()
+        key["adapter_sha256"] = sha256_file(adapter / "adapters.safetensors")
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     path = args.workdir / f"answers-{name}.json"
     if args.reuse and path.is_file():
