@@ -197,7 +197,7 @@ def compute_rates(cases: list[TurnCase]) -> dict[str, float | None]:
     }
 
 
-def _score(
+def score_case(
     index: int,
     sample: dict,
     raw: str,
@@ -269,7 +269,7 @@ def evaluate_turns(
     for i, (sample, (text, finish_reason, n_tokens)) in enumerate(zip(samples, generated, strict=True)):
         _, tools, _ = split_sample(sample, sample.get("where", f"sample {i}"))
         turn = parse_completion(tokenizer, text, tools)
-        cases.append(_score(i, sample, text, turn, normalize, finish_reason, n_tokens))
+        cases.append(score_case(i, sample, text, turn, normalize, finish_reason, n_tokens))
     settings = {
         "path": "in-process",
         "batch_size": batch_size,
@@ -417,7 +417,7 @@ def evaluate_turns_server(
                 response_models=response_models,
             )
             raw = json.dumps({"finish_reason": finish_reason, "message": message}, ensure_ascii=False)
-            case = _score(
+            case = score_case(
                 i, sample, raw, turn_from_message(message, finish_reason), normalize, finish_reason, n_tokens
             )
             done += 1

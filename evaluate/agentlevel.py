@@ -8,7 +8,6 @@ the model's resolved local path and checked to serve it before any task runs.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,20 +49,13 @@ def run_tasks(config: EvalConfig, tasks: list, base_url: str, model_name: str, d
     """The tasks' episodes, `agent_concurrency` at a time; an episode the server failed (a dropped connection,
     a timeout: `agent.episodes.server_failed`) is run once more, alone, so that it scores the model, not the
     server. One that fails so again stays a failure, and is counted in the summary's errors."""
-    from agent.episodes import run_episodes, server_failed
+    from agent.episodes import run_episodes, run_episodes_again
 
     options = {"max_steps": config.agent_max_steps, "timeout": config.agent_timeout}
     episodes = run_episodes(
         tasks, base_url, model_name, description=description, concurrency=config.agent_concurrency, **options
     )
-    again = [i for i, episode in enumerate(episodes) if server_failed(episode)]
-    if again:
-        retried = run_episodes(
-            [tasks[i] for i in again], base_url, model_name, description=f"{description} (again)", **options
-        )
-        for i, episode in zip(again, retried, strict=True):
-            episodes[i] = replace(episode, first_try_error=episodes[i].error)
-    return episodes
+    return run_episodes_again(tasks, episodes, base_url, model_name, description=description, **options)
 
 
 def checked(episodes: list, verified: dict, base_url: str) -> list[dict]:

@@ -7,7 +7,10 @@ the adapter in use was already scored on exactly those cases when it was the can
 gives it the same verdicts again (docs/BENCHMARKS.md), so its scores are read back instead of regenerated.
 Reuse is refused, with the reason, unless the earlier report's candidate has the baseline's weights and
 adapter (sha256, `evaluate.served.identity`), was scored with the same settings (SAME_SETTINGS) and on the same
-cases: every held-out turn's prompt and reference, every held-out task's id, in order.
+cases: every held-out turn's prompt and reference, every held-out task's id, in order; and unless its verdicts
+are what its recorded outputs earn: every turn's output parsed and scored again now (an edited verdict, or one
+a changed scorer would not give, is refused), every episode's success what its checks and error say, and each
+summary what its cases add up to.
 """
 
 from __future__ import annotations
@@ -66,7 +69,10 @@ def reused_baseline(config: EvalConfig, baseline_identity: dict) -> dict[str, An
     for level, block in blocks.items():
         if now[level] and not block:
             raise EvalError(f"{path}: has no {level}-level scores of its candidate")
-    return {"report": str(path), **blocks, "identity": theirs}
+    reused = {"report": str(path), **blocks, "identity": theirs}
+    if now["agent"]:
+        check_episode_verdicts(reused)
+    return reused
 
 
 def check_same_turns(reused: dict, samples: list[dict]) -> None:
@@ -95,4 +101,57 @@ def check_same_tasks(reused: dict, tasks: list) -> None:
         raise EvalError(
             f"{reused['report']}: held-out tasks differ ({len(done)} scored, {len(wanted)} now; "
             f"scored then only: {scored[:3]}, now only: {now[:3]})"
+        )
+
+
+def check_turn_verdicts(reused: dict, samples: list[dict], model: str, normalize) -> None:
+    """Each reused turn's recorded output, parsed as its path parsed it (the model's own tool parser in-process,
+    the returned message from a server) and scored now, earns the verdict the report gives it, and the rates
+    are what those verdicts add up to. Call after `check_same_turns`."""
+    from core.toolcalls import load_tokenizer, parse_completion
+    from core.turns import compute_rates, score_case, split_sample, turn_from_message
+
+    block = reused["turns"]
+    tokenizer = load_tokenizer(model) if (block.get("settings") or {}).get("path") == "in-process" else None
+    scored = []
+    for case, sample in zip(block["cases"], samples, strict=True):
+        _, tools, _ = split_sample(sample, sample.get("where"))
+        if tokenizer is not None:
+            turn = parse_completion(tokenizer, case["raw"], tools)
+        else:
+            turn = turn_from_message(json.loads(case["raw"]), case.get("finish_reason"))
+        again = score_case(
+            int(case["index"]), sample, case["raw"], turn, normalize, case.get("finish_reason")
+        )
+        if again.verdict.code != case["code"]:
+            raise EvalError(
+                f"{reused['report']}: held-out turn {case['index']} is recorded as {case['code']!r}, but its "
+                f"output scores {again.verdict.code!r} now; drop --baseline-report to score it"
+            )
+        scored.append(again)
+    if compute_rates(scored) != block.get("rates"):
+        raise EvalError(
+            f"{reused['report']}: its turn-level rates are not what its {len(scored)} verdicts add up to; "
+            "drop --baseline-report to score it"
+        )
+
+
+def check_episode_verdicts(reused: dict) -> None:
+    """Each reused episode succeeded exactly when no check failed and no error ended it, and the summary is
+    what the episodes add up to."""
+    from agent.episodes import summarize
+
+    block = reused["agent"]
+    for episode in block["episodes"]:
+        earned = episode.get("error") is None and not episode.get("failed_checks")
+        if bool(episode.get("success")) != earned:
+            raise EvalError(
+                f"{reused['report']}: held-out task {episode.get('task_id')} is recorded as "
+                f"{'solved' if episode.get('success') else 'failed'}, but its checks and error say otherwise; "
+                "drop --baseline-report to score it"
+            )
+    if summarize(block["episodes"]) != block.get("summary"):
+        raise EvalError(
+            f"{reused['report']}: its agent-level summary is not what its {len(block['episodes'])} episodes "
+            "add up to; drop --baseline-report to score it"
         )

@@ -85,14 +85,18 @@ def evaluate_turn_level(
 ) -> dict[str, Any]:
     """Every side's TurnResults as dicts, and with a baseline their paired comparison; a `reused` baseline
     (`evaluate.reuse`) is read back, once its cases are checked to be these."""
+    from core.scoring import normalize_text
     from evaluate import stats
-    from evaluate.reuse import check_same_turns
+    from evaluate.reuse import check_same_turns, check_turn_verdicts
 
     samples = held_out_samples(config)
     turns: dict[str, Any] = {"baseline": None, "comparison": None}
     for side in plan.sides:
         if reused and side.role == "baseline":
             check_same_turns(reused, samples)
+            check_turn_verdicts(
+                reused, samples, str(side.model), normalize_text if config.normalize_strings else None
+            )
             turns["baseline"] = reused["turns"]
             console.print(f"turns · {side.label}: {len(samples)} scores read from {reused['report']}")
             continue

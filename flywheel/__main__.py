@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         "a new adapter trained from the base",
     )
     parser.add_argument(
+        "--top-up-replay",
+        type=float,
+        help="rounds ≥ 2, with --top-up-iters: lines the adapter in use was trained on, per new line, trained "
+        "on beside them (default 0)",
+    )
+    parser.add_argument(
         "--eval-max-tokens",
         type=int,
         help="tokens a side may write per held-out turn and agent request (default 256)",
@@ -137,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM/SIGHUP (interrupt_on_stop_signals)
         signal_name = stop.args[0] if stop.args else "SIGINT"
-        console.print(f"flywheel: stopped by {signal_name}; finished stages are kept, the same command resumes")
+        console.print(
+            f"flywheel: stopped by {signal_name}; finished stages are kept, the same command resumes"
+        )
         return 130
     from evaluate.report import print_summary
 

@@ -77,6 +77,9 @@ class LoopConfig(Settings):
     # rounds ≥ 2: the adapter in use continues for this many iterations on the training lines it has not
     # seen (its round's new successes) instead of a new adapter trained from the base for the recipe's iters
     top_up_iters: int | None = Field(None, ge=1)
+    # beside those new lines, this many lines per new line that the adapter in use was trained on (drawn with
+    # the seed from the round's train split): rehearsal, so that learning the new work does not unlearn the old
+    top_up_replay: float = Field(0.0, ge=0)
     eval_concurrency: int = Field(1, ge=1)  # held-out episodes in flight against one server (1: repeatable)
     # tokens a side may write per held-out turn and agent request (evaluate's --max-tokens): a model that
     # writes prose instead of a call runs to this limit, so it sets how long the base's evaluation takes

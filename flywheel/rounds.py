@@ -8,7 +8,8 @@ so the student's successes on them repeat the teacher's episodes and dedupe remo
 outcome is its task's own end-state check, written beside the traces (`core.outcomes`, source "check").
 Held-out tasks, and the held-out pools, are never attempted. Curate
 reads every round's traces so far with `require_outcome="success"` (the teacher's episodes and the student's
-successes); adapter k is trained from the base on that data with the round-1 recipe; adapter k and the best
+successes); adapter k is trained from the base on that data with the round-1 recipe (or, with `top_up_iters`, the
+best continues on the lines it was not trained on, beside `top_up_replay` it was: `flywheel.steps`); adapter k and the best
 are evaluated paired on the held-out tasks and round 1's held-out turns (the same cases every round; the best's
 scores are read back from the round that made it, `evaluate.reuse`, not generated again); and
 adapter k replaces the best only by the rule of `flywheel.promote`. Every round's artifacts are kept.
@@ -25,6 +26,7 @@ from typing import Any
 from core.turns import made_call
 from flywheel.config import LoopConfig
 from flywheel.promote import decide
+from flywheel.stages import stage_done
 from flywheel.steps import LoopError, curate_round, evaluate_round, top_up_round, train_round
 
 MAX_SERVER_ERROR_SHARE = 0.1  # more attempts than this lost to server errors: the server is failing, stop
@@ -34,38 +36,44 @@ def attempt(
     config: LoopConfig, student: Path, adapter: Path | None, suite, traces: Path, draw: int, console
 ) -> dict:
     """The served student attempts each task `config.attempts` times; outcomes from the tasks' own checks."""
-    from agent.episodes import run_episodes, server_failed
+    from agent.episodes import run_episodes, run_episodes_again, server_failed
     from core.outcomes import append_outcomes, outcome_record
     from core.trace import read_records
     from flywheel.serve import serving
 
     tasks = [task for task in attempted_tasks(suite, config, draw) for _ in range(config.attempts)]
     traces.mkdir(parents=True)
-    options = {
-        "concurrency": config.attempt_concurrency,
-        "max_steps": config.agent_max_steps + 2,
-        "temperature": config.temperature,
-    }
+    options = {"max_steps": config.agent_max_steps + 2, "temperature": config.temperature}
     with serving(student, adapter, traces, label=f"round student ({adapter or 'base'})") as served:
         console.print(f"  student: {served.describe()}")
-        description = (
-            f"attempt · {len(tasks) // config.attempts} {config.attempt_on} tasks × {config.attempts}"
+
+        def run(tasks: list, description: str) -> list:
+            # mlx_lm server now and then drops a connection under concurrent load (a 502 for that request):
+            # such an attempt says nothing about the student, so it is run again alone, never labelled itself
+            episodes = run_episodes(
+                tasks, served.base_url, "default_model", description=description,
+                concurrency=config.attempt_concurrency, **options,
+            )  # fmt: skip
+            return run_episodes_again(
+                tasks, episodes, served.base_url, "default_model", description=description, **options
+            )
+
+        episodes = run(
+            tasks, f"attempt · {len(tasks) // config.attempts} {config.attempt_on} tasks × {config.attempts}"
         )
-        episodes = run_episodes(tasks, served.base_url, "default_model", description=description, **options)
         if config.attempt_focus:
             extra = focused_tasks(suite, episodes, config.attempt_focus, draw, config.focus_on)
-            description = f"attempt · {len(extra)} more, by {config.focus_on}"
-            episodes += run_episodes(
-                extra, served.base_url, "default_model", description=description, **options
-            )
-    # mlx_lm server now and then drops a connection under concurrent load (a 502 for that request): such an
-    # attempt says nothing about the student, so it is neither labelled nor trained on; a failing server stops
+            episodes += run(extra, f"attempt · {len(extra)} more, by {config.focus_on}")
+    # one the server failed again is neither labelled nor trained on; a failing server stops the round
     broken = [e for e in episodes if server_failed(e)]
     if len(broken) > MAX_SERVER_ERROR_SHARE * len(episodes):
         raise LoopError(
-            f"{len(broken)}/{len(episodes)} attempts ended in a server error, not a failure of the student "
+            f"{len(broken)}/{len(episodes)} attempts ended in a server error twice, not a failure of the student "
             f"(first: {broken[0].task_id}: {broken[0].error}); traces so far in {traces}"
         )
+    # every recorded session without an outcome: first tries the server failed, and tries it failed again
+    unlabelled = [(e.first_try_session, e.first_try_error) for e in episodes if e.first_try_error]
+    unlabelled += [(e.session_id, e.error) for e in broken]
     episodes = [e for e in episodes if not server_failed(e)]
     append_outcomes(
         traces,
@@ -78,9 +86,10 @@ def attempt(
     collection = {
         "policy": served.policy,
         "episodes": len(episodes),
-        "server_errors": len(broken),
-        "server_error_sessions": [e.session_id for e in broken],  # recorded, never labelled
-        "server_error_kinds": dict(Counter(e.error.split(":", 1)[0] for e in broken)),
+        "run_again": sum(1 for e in episodes if e.first_try_error),  # labelled by their second try
+        "server_errors": len(unlabelled),
+        "server_error_sessions": [session for session, _ in unlabelled],  # recorded, never labelled
+        "server_error_kinds": dict(Counter(error.split(":", 1)[0] for _, error in unlabelled)),
         "solved": sum(e.success for e in episodes),
         "by_template": {t: {"solved": solved[t], "episodes": n} for t, n in sorted(tried.items())},
         "agent_requests": sum(e.steps for e in episodes),
@@ -96,6 +105,7 @@ def attempt(
     console.print(
         f"  {collection['solved']}/{collection['episodes']} attempts solved: "
         + ", ".join(f"{t} {v['solved']}/{v['episodes']}" for t, v in collection["by_template"].items())
+        + (f" ({collection['run_again']} run again after a server error)" if collection["run_again"] else "")
     )
     return {"recorded": collection["recorded"], "solved": collection["solved"]}
 
@@ -239,13 +249,14 @@ def run_rounds(config: LoopConfig, student: Path, suite, all_paths: list, stages
 
 def training_summary(adapter: Path) -> dict[str, Any]:
     """How the round's adapter was made, from its manifest: iterations, the adapter it started from (None: the
-    base), its train lines."""
+    base), its train lines, and how many of them a top-up replayed (from its stage's completion marker)."""
     manifest = json.loads((adapter / "manifest.json").read_text())
     config = manifest["config"]
     return {
         "iters": config["iters"],
         "init_adapter": config.get("init_adapter"),
         "train_lines": manifest["data"]["files"]["train.jsonl"]["lines"],
+        "replay_lines": (stage_done(adapter) or {}).get("replay_lines", 0),
     }
 
 

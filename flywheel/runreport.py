@@ -92,7 +92,8 @@ def made_by(summary: dict, names: dict[str, str]) -> str:
         return "—"
     start = training["init_adapter"]
     start = "the base" if start is None else names.get(start, start)
-    return f"from {start}, {training['iters']} iterations on {training['train_lines']} train lines"
+    replayed = f" ({training['replay_lines']} replayed)" if training.get("replay_lines") else ""
+    return f"from {start}, {training['iters']} iterations on {training['train_lines']} train lines{replayed}"
 
 
 def render(run: dict) -> str:

@@ -5,6 +5,7 @@ stage's completion marker records."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,25 +69,39 @@ TOP_UP = "top-up"  # beside a round's curated data: the lines its top-up trains 
 
 def top_up_round(config: LoopConfig, student: Path, paths: RoundPaths, in_use: RoundPaths, console) -> dict:
     """Adapter k: the adapter in use continues (`top_up_iters`) on the round's train lines it was not trained
-    on, its own new successes; validated on the round's valid split."""
+    on, its own new successes, and `top_up_replay` lines per new line that it was trained on; validated on the
+    round's valid split."""
     import train
 
+    new, replay = top_up_lines(config, paths, in_use)
+    data = paths.data / TOP_UP
+    data.mkdir(exist_ok=True)
+    (data / "train.jsonl").write_text("\n".join(new + replay) + "\n")
+    (data / "valid.jsonl").write_bytes((paths.data / "valid.jsonl").read_bytes())
+    replayed = f", beside {len(replay)} it was trained on" if replay else ""
+    console.print(f"  top-up: adapter {in_use.number} continues on {len(new)} new train lines{replayed}")
+    settings = config.train_settings(student, data, paths.adapter, init_adapter=in_use.adapter)
+    settings["batch_size"] = min(
+        settings["batch_size"], len(new) + len(replay)
+    )  # a batch cannot outnumber them
+    train.run(train.TrainConfig(**settings), console=console)
+    return {"top_up_lines": len(new), "replay_lines": len(replay), "from": str(in_use.adapter)}
+
+
+def top_up_lines(config: LoopConfig, paths: RoundPaths, in_use: RoundPaths) -> tuple[list[str], list[str]]:
+    """The round's train lines the adapter in use was not trained on, and the replayed ones it was: drawn with
+    the seed from this round's train split (so never a held-out line), as many as `top_up_replay` per new line."""
     seen = set((in_use.data / "train.jsonl").read_text().splitlines())
-    new = [line for line in (paths.data / "train.jsonl").read_text().splitlines() if line not in seen]
+    lines = (paths.data / "train.jsonl").read_text().splitlines()
+    new = [line for line in lines if line not in seen]
     if not new:
         raise LoopError(
             f"round {paths.number}: {paths.data / 'train.jsonl'} holds no line adapter {in_use.number} was not "
             "trained on: nothing to top up with (more attempts, or attempt_focus, may find successes)"
         )
-    data = paths.data / TOP_UP
-    data.mkdir(exist_ok=True)
-    (data / "train.jsonl").write_text("\n".join(new) + "\n")
-    (data / "valid.jsonl").write_bytes((paths.data / "valid.jsonl").read_bytes())
-    console.print(f"  top-up: adapter {in_use.number} continues on {len(new)} new train lines")
-    settings = config.train_settings(student, data, paths.adapter, init_adapter=in_use.adapter)
-    settings["batch_size"] = min(settings["batch_size"], len(new))  # a batch cannot outnumber the lines
-    train.run(train.TrainConfig(**settings), console=console)
-    return {"top_up_lines": len(new), "from": str(in_use.adapter)}
+    old = [line for line in lines if line in seen]
+    count = min(len(old), round(config.top_up_replay * len(new)))
+    return new, random.Random(config.seed).sample(old, count)
 
 
 def evaluate_round(

@@ -91,6 +91,28 @@ def tool_model():
     return cached_model("tool-calling")
 
 
+@pytest.fixture(scope="session")
+def flaky_teacher():
+    """The scripted teacher whose first request of each of the first `drops` tasks loses its connection, as a
+    loaded `mlx_lm server` drops one now and then: `flaky_teacher(suite, drops=2)`."""
+    from agent.teacher import Teacher
+
+    class FlakyTeacher(Teacher):
+        def __init__(self, suite, drops: int):
+            super().__init__(suite)
+            self.drops, self.dropped = drops, []
+
+        async def answer(self, request, http):
+            first_user = next(m["content"] for m in request["messages"] if m["role"] == "user")
+            if len(self.dropped) < self.drops and first_user not in self.dropped:
+                self.dropped.append(first_user)
+                http.reset()
+                return
+            await super().answer(request, http)
+
+    return FlakyTeacher
+
+
 @pytest.fixture(scope="module")
 def suite():
     """The default task suite (agent/suites/default.json), loaded once per test module."""

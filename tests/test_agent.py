@@ -175,7 +175,9 @@ def test_work_the_teacher_does_not_show_is_met_fresh_after_deployment(tmp_path):
     with pytest.raises(SuiteError, match=r"bad.json: demonstrated.count_line: not a template of this suite"):
         load_suite(path)
     path.write_text(json.dumps({"extends": "demo", "demonstrated": {"count_lines": -1}}))
-    with pytest.raises(SuiteError, match=r"bad.json: demonstrated.count_lines: must be a non-negative integer"):
+    with pytest.raises(
+        SuiteError, match=r"bad.json: demonstrated.count_lines: must be a non-negative integer"
+    ):
         load_suite(path)
 
 
@@ -349,23 +351,7 @@ def test_a_failing_server_is_told_apart_from_a_failing_model(suite, tmp_path):
     ]
 
 
-class FlakyTeacher(Teacher):
-    """The scripted teacher, but the first request of each of the first `drops` tasks loses its connection."""
-
-    def __init__(self, suite, drops: int):
-        super().__init__(suite)
-        self.drops, self.dropped = drops, []
-
-    async def answer(self, request, http):
-        first_user = next(m["content"] for m in request["messages"] if m["role"] == "user")
-        if len(self.dropped) < self.drops and first_user not in self.dropped:
-            self.dropped.append(first_user)
-            http.reset()
-            return
-        await super().answer(request, http)
-
-
-def test_evaluation_runs_an_episode_the_server_dropped_again(suite):
+def test_evaluation_runs_an_episode_the_server_dropped_again(suite, flaky_teacher):
     """An episode that ends in a server error says nothing about the model: evaluate runs it once more, alone,
     instead of scoring it a failure (with episodes in flight, a loaded mlx_lm server drops one now and then)."""
     from agent.episodes import SERVER_ERRORS, server_failed
@@ -373,11 +359,11 @@ def test_evaluation_runs_an_episode_the_server_dropped_again(suite):
     from evaluate.config import EvalConfig
 
     tasks = suite.held_out[:4]
-    with FlakyTeacher(suite, drops=2) as teacher:
+    with flaky_teacher(suite, drops=2) as teacher:
         plain = run_episodes(tasks, teacher.base_url, teacher.model_name, concurrency=2, show_progress=False)
     assert sum(map(server_failed, plain)) == 2 and sum(e.success for e in plain) == 2  # what a retry repairs
     config = EvalConfig(agent_concurrency=2, agent_max_steps=6)
-    with FlakyTeacher(suite, drops=2) as teacher:
+    with flaky_teacher(suite, drops=2) as teacher:
         episodes = run_tasks(config, tasks, teacher.base_url, teacher.model_name, "agent · flaky")
         assert len(teacher.dropped) == 2
     assert [e.task_id for e in episodes] == [t.id for t in tasks]
@@ -403,7 +389,9 @@ class SlowTeacher(Teacher):
 def test_episodes_in_flight_get_time_limits_scaled_to_their_number(suite):
     """A time limit is for an episode alone: with N in flight each gets N times it, so that a loaded server
     never turns into a time-out (which would score the server, not the model)."""
-    task = next(t for t in suite.held_out if t.template == "read_value")  # read the file, then answer: 2 requests
+    task = next(
+        t for t in suite.held_out if t.template == "read_value"
+    )  # read the file, then answer: 2 requests
     with SlowTeacher(suite, delay=0.4) as teacher:
         alone = run_episodes([task], teacher.base_url, teacher.model_name, timeout=0.6, show_progress=False)
         assert alone[0].error.startswith("TimeoutError")

@@ -154,7 +154,8 @@ def test_the_readme_rare_work_commands_load_their_suites():
         topped = TrainConfig(**config.train_settings(Path("qwen"), Path("d"), Path("a2"), Path("a1")))
         assert (topped.iters, topped.lr_warmup, topped.init_adapter, topped.lora_rank) == (36, 3, "a1", 8)
         assert (config.eval_concurrency, config.attempt_concurrency) == (8, 8)
-        assert (config.attempt_focus, config.focus_on, config.eval_max_tokens) == (48, "failures", 128)
+        assert (config.attempt_focus, config.focus_on, config.eval_max_tokens) == (16, "frontier", 128)
+        assert config.top_up_replay == 2
 
 
 def test_the_evaluation_token_limit_is_a_loop_setting_that_reaches_evaluate(monkeypatch, tmp_path):

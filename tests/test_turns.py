@@ -210,7 +210,7 @@ def test_over_calling_counts_every_call_where_none_is_right(held_out):
     structured call, a call block the parser rejected, or one the server dropped; a plain answer, even one with
     stray markup in it, is not a call."""
     from core.toolcalls import ParsedTurn, ToolCall
-    from core.turns import _score, compute_rates, turn_from_message
+    from core.turns import compute_rates, score_case, turn_from_message
 
     answer = next(s for s in held_out if not s["messages"][-1].get("tool_calls"))
     needs_call = next(s for s in held_out if s["messages"][-1].get("tool_calls"))
@@ -221,7 +221,7 @@ def test_over_calling_counts_every_call_where_none_is_right(held_out):
         turn_from_message({"content": None}, "tool_calls"),  # what mlx_lm server answers for a bad call block
         ParsedTurn(content="I would write <tool_call> here"),
     ]
-    cases = [_score(i, answer, "", turn, None) for i, turn in enumerate(turns)]
+    cases = [score_case(i, answer, "", turn, None) for i, turn in enumerate(turns)]
     assert [c.called for c in cases] == [False, True, True, True, False]
     assert [c.verdict.code for c in cases] == [
         "ok",
@@ -230,7 +230,9 @@ def test_over_calling_counts_every_call_where_none_is_right(held_out):
         "unexpected_call",
         "leaked_markup",
     ]
-    called = _score(5, needs_call, "", ParsedTurn(content="", tool_calls=[ToolCall("read_file", {})]), None)
+    called = score_case(
+        5, needs_call, "", ParsedTurn(content="", tool_calls=[ToolCall("read_file", {})]), None
+    )
     rates = compute_rates([*cases, called])
     assert rates["over_call_rate"] == 3 / 5  # the case that needed a call does not count
     assert rates["abstention_accuracy"] == 1 / 5
