@@ -66,9 +66,8 @@ class Episode:
     tool_errors: int = 0
     empty_responses: int = 0
     failed_checks: list[str] = field(default_factory=list)
-    calls: list[dict] = field(
-        default_factory=list
-    )  # {"name", "arguments", "ok"}: what ran, and whether it worked
+    # {"name", "arguments", "ok"}: what ran, and whether it worked
+    calls: list[dict] = field(default_factory=list)
     models: list[str] = field(default_factory=list)  # the `model` the server's responses named
     # run again, alone, after the server failed it (`run_episodes_again`): that first try's error and session
     first_try_error: str | None = None

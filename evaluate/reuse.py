@@ -112,14 +112,27 @@ def check_turn_verdicts(reused: dict, samples: list[dict], model: str, normalize
     from core.turns import compute_rates, score_case, split_sample, turn_from_message
 
     block = reused["turns"]
-    tokenizer = load_tokenizer(model) if (block.get("settings") or {}).get("path") == "in-process" else None
+    path = (block.get("settings") or {}).get("path")
+    if path not in ("in-process", "server"):
+        raise EvalError(
+            f"{reused['report']}: its turns do not say how they were generated (settings.path {path!r}), so "
+            "their outputs cannot be scored again; drop --baseline-report to score it"
+        )
+    tokenizer = load_tokenizer(model) if path == "in-process" else None
     scored = []
     for case, sample in zip(block["cases"], samples, strict=True):
         _, tools, _ = split_sample(sample, sample.get("where"))
         if tokenizer is not None:
             turn = parse_completion(tokenizer, case["raw"], tools)
         else:
-            turn = turn_from_message(json.loads(case["raw"]), case.get("finish_reason"))
+            try:  # {"finish_reason", "message"}: what the server returned (core.turns.evaluate_turns_server)
+                returned = json.loads(case["raw"])
+                turn = turn_from_message(returned["message"], returned["finish_reason"])
+            except (json.JSONDecodeError, TypeError, KeyError, AttributeError):
+                raise EvalError(
+                    f"{reused['report']}: held-out turn {case['index']}'s output is not the message a server "
+                    "returned; drop --baseline-report to score it"
+                ) from None
         again = score_case(
             int(case["index"]), sample, case["raw"], turn, normalize, case.get("finish_reason")
         )

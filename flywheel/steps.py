@@ -81,9 +81,8 @@ def top_up_round(config: LoopConfig, student: Path, paths: RoundPaths, in_use: R
     replayed = f", beside {len(replay)} it was trained on" if replay else ""
     console.print(f"  top-up: adapter {in_use.number} continues on {len(new)} new train lines{replayed}")
     settings = config.train_settings(student, data, paths.adapter, init_adapter=in_use.adapter)
-    settings["batch_size"] = min(
-        settings["batch_size"], len(new) + len(replay)
-    )  # a batch cannot outnumber them
+    # a batch cannot outnumber the lines
+    settings["batch_size"] = min(settings["batch_size"], len(new) + len(replay))
     train.run(train.TrainConfig(**settings), console=console)
     return {"top_up_lines": len(new), "replay_lines": len(replay), "from": str(in_use.adapter)}
 

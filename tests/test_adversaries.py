@@ -148,3 +148,22 @@ def test_no_adversary_makes_an_exact_call(served, test_split, policy):
     if policy in SILENT:  # silence is never credited, not even where no call is due
         assert results.rates["abstention_accuracy"] == 0.0
         assert results.rates["turn_success_rate"] == 0.0
+
+
+def test_scores_read_back_must_be_what_their_recorded_outputs_earn(served, test_split):
+    """A report's turn verdicts, reused as a baseline (`evaluate --baseline-report`), are scored again from the
+    messages the server returned: a policy's failures cannot be read back as passes, nor its rates raised."""
+    from evaluate.config import EvalError
+    from evaluate.reuse import check_turn_verdicts
+
+    _, teacher = served
+    name = f"{teacher.model_name}:candidates"
+    turns = evaluate_turns_server(
+        teacher.base_url, test_split, model_name=name, response_models=[name]
+    ).to_dict()
+    turns = json.loads(json.dumps(turns))  # as a report file holds it
+    check_turn_verdicts({"report": "old.json", "turns": turns}, test_split, "no model needed", None)
+    failed = next(case for case in turns["cases"] if case["code"] != "ok")
+    failed["code"] = "ok"
+    with pytest.raises(EvalError, match=rf"old.json: held-out turn {failed['index']} is recorded as 'ok'"):
+        check_turn_verdicts({"report": "old.json", "turns": turns}, test_split, "no model needed", None)
