@@ -145,7 +145,9 @@ class LoopConfig(Settings):
     def fingerprint(self, student: Path | None = None) -> str:
         # `rounds` is left out so that a run can be extended by more rounds, reusing the ones it has
         ignored = ("run", "root", "teacher_api_key_env", "rounds")
-        settings = {k: v for k, v in self.to_dict().items() if k not in ignored}
+        # a setting at its default is left out too, so that one a later version adds keeps every run's name
+        defaults = type(self)().to_dict()
+        settings = {k: v for k, v in self.to_dict().items() if k not in ignored and v != defaults.get(k)}
         if student is not None:
             settings["student_weights"] = weights_identity(student)
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]

@@ -5,6 +5,7 @@ stage's completion marker records."""
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,17 +91,25 @@ def top_up_round(config: LoopConfig, student: Path, paths: RoundPaths, in_use: R
 def top_up_lines(config: LoopConfig, paths: RoundPaths, in_use: RoundPaths) -> tuple[list[str], list[str]]:
     """The round's train lines the adapter in use was not trained on, and the replayed ones it was: drawn with
     the seed from this round's train split (so never a held-out line), as many as `top_up_replay` per new line."""
-    seen = set((in_use.data / "train.jsonl").read_text().splitlines())
+    seen = {trained_on(line) for line in (in_use.data / "train.jsonl").read_text().splitlines()}
     lines = (paths.data / "train.jsonl").read_text().splitlines()
-    new = [line for line in lines if line not in seen]
+    new = [line for line in lines if trained_on(line) not in seen]
     if not new:
         raise LoopError(
             f"round {paths.number}: {paths.data / 'train.jsonl'} holds no line adapter {in_use.number} was not "
             "trained on: nothing to top up with (more attempts, or attempt_focus, may find successes)"
         )
-    old = [line for line in lines if line in seen]
+    old = [line for line in lines if trained_on(line) in seen]
     count = min(len(old), round(config.top_up_replay * len(new)))
     return new, random.Random(config.seed).sample(old, count)
+
+
+def trained_on(line: str) -> str:
+    """What a sample line trains: all but its `meta` (where it came from, which names the traces' paths and
+    so changes when a run's directory is moved or copied)."""
+    sample = json.loads(line)
+    sample.pop("meta", None)
+    return json.dumps(sample, sort_keys=True)
 
 
 def evaluate_round(

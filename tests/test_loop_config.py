@@ -177,3 +177,15 @@ def test_the_evaluation_token_limit_is_a_loop_setting_that_reaches_evaluate(monk
         assert seen.pop().max_tokens == expected
     qwen = load(LoopConfig, ROOT / "bench" / "qwen_rare_work.toml")
     assert qwen.eval_max_tokens == 128
+
+
+def test_a_setting_added_later_at_its_default_keeps_the_run_name():
+    """Runs are named by their settings (a re-run reuses the stages it completed): a setting that a later
+    version adds, left at its default, must not rename, and so retrain, every existing run."""
+
+    class Later(LoopConfig):
+        new_knob: int = 3
+
+    assert Later().fingerprint() == LoopConfig().fingerprint()
+    assert Later(quick=True).fingerprint() == LoopConfig(quick=True).fingerprint()
+    assert Later(new_knob=4).fingerprint() != LoopConfig().fingerprint()

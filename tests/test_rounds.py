@@ -500,16 +500,22 @@ def test_an_attempt_the_server_dropped_is_run_again_alone_and_only_its_second_tr
 
 def test_a_top_up_replays_lines_the_adapter_in_use_was_trained_on_beside_the_new_ones(tmp_path):
     """`top_up_replay` r: round(r × new) lines the adapter in use was trained on, drawn with the seed from this
-    round's train split only (a round-1 line that round 2 put elsewhere is never replayed), each at most once."""
+    round's train split only (a round-1 line that round 2 put elsewhere is never replayed), each at most once.
+    A line is known by what it trains, not by where it came from: a run moved between rounds tops up the same."""
     from flywheel.config import LoopConfig
     from flywheel.steps import round_paths, top_up_lines
 
     first, second = (round_paths(tmp_path, "run", k, several=True) for k in (1, 2))
     for paths in (first, second):
         paths.data.mkdir(parents=True)
-    old = [json.dumps({"messages": [{"role": "user", "content": f"old {i}"}]}) for i in range(10)]
-    fresh = [json.dumps({"messages": [{"role": "user", "content": f"new {i}"}]}) for i in range(4)]
+
+    def line(text: str, where: str) -> str:  # `meta` names the traces' path, which a moved run changes
+        return json.dumps({"messages": [{"role": "user", "content": text}], "meta": {"source": where}})
+
+    old = [line(f"old {i}", "/runs/a/traces/round-1") for i in range(10)]
+    fresh = [line(f"new {i}", "/runs/b/traces/round-2") for i in range(4)]
     (first.data / "train.jsonl").write_text("\n".join(old) + "\n")
+    old = [x.replace("/runs/a/", "/runs/b/") for x in old]  # round 2 curated after the run moved to b
     (second.data / "train.jsonl").write_text("\n".join(fresh[:2] + old[:8] + fresh[2:]) + "\n")
 
     def lines(replay: float, seed: int = 0) -> tuple[list[str], list[str]]:
