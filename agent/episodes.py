@@ -69,7 +69,7 @@ class Episode:
     # {"name", "arguments", "ok"}: what ran, and whether it worked
     calls: list[dict] = field(default_factory=list)
     models: list[str] = field(default_factory=list)  # the `model` the server's responses named
-    # run again, alone, after the server failed it (`run_episodes_again`): that first try's error and session
+    # run again, alone, after the server failed it (`run_episodes_retrying`): that first try's error and session
     first_try_error: str | None = None
     first_try_session: str | None = None
 
@@ -371,19 +371,21 @@ def run_episodes(
         )
 
 
-def run_episodes_again(
-    tasks: list[Task], episodes: list[Episode], base_url: str, model_name: str, *, description: str, **options
+def run_episodes_retrying(
+    tasks: list[Task], base_url: str, model_name: str, *, concurrency: int = 1, description: str, **options
 ) -> list[Episode]:
-    """`episodes` (of `tasks`, in order), each one the server failed (`server_failed`: a dropped connection, a
-    timeout) replaced by the same task run once more, alone, so that it says something about the model, not
-    the server; the first try's error and session stay on record. One that fails so again is kept as it is."""
+    """`run_episodes`, then each episode the server failed (`server_failed`: a dropped connection, a timeout)
+    run once more, alone, so that it says something about the model, not the server; the first try's error
+    and session stay on record. One that fails so again is kept as it is."""
+    episodes = run_episodes(
+        tasks, base_url, model_name, concurrency=concurrency, description=description, **options
+    )
     again = [i for i, episode in enumerate(episodes) if server_failed(episode)]
     if not again:
         return episodes
     retried = run_episodes(
         [tasks[i] for i in again], base_url, model_name, description=f"{description} (again)", **options
     )
-    episodes = list(episodes)
     for i, episode in zip(again, retried, strict=True):
         first = episodes[i]
         episodes[i] = replace(episode, first_try_error=first.error, first_try_session=first.session_id)

@@ -49,13 +49,12 @@ def run_tasks(config: EvalConfig, tasks: list, base_url: str, model_name: str, d
     """The tasks' episodes, `agent_concurrency` at a time; an episode the server failed (a dropped connection,
     a timeout: `agent.episodes.server_failed`) is run once more, alone, so that it scores the model, not the
     server. One that fails so again stays a failure, and is counted in the summary's errors."""
-    from agent.episodes import run_episodes, run_episodes_again
+    from agent.episodes import run_episodes_retrying
 
-    options = {"max_steps": config.agent_max_steps, "timeout": config.agent_timeout}
-    episodes = run_episodes(
-        tasks, base_url, model_name, description=description, concurrency=config.agent_concurrency, **options
-    )
-    return run_episodes_again(tasks, episodes, base_url, model_name, description=description, **options)
+    return run_episodes_retrying(
+        tasks, base_url, model_name, description=description, concurrency=config.agent_concurrency,
+        max_steps=config.agent_max_steps, timeout=config.agent_timeout,
+    )  # fmt: skip
 
 
 def checked(episodes: list, verified: dict, base_url: str) -> list[dict]:

@@ -36,34 +36,29 @@ def attempt(
     config: LoopConfig, student: Path, adapter: Path | None, suite, traces: Path, draw: int, console
 ) -> dict:
     """The served student attempts each task `config.attempts` times; outcomes from the tasks' own checks."""
-    from agent.episodes import run_episodes, run_episodes_again, server_failed
+    from agent.episodes import run_episodes_retrying, server_failed
     from core.outcomes import append_outcomes, outcome_record
     from core.trace import read_records
     from flywheel.serve import serving
 
     tasks = [task for task in attempted_tasks(suite, config, draw) for _ in range(config.attempts)]
     traces.mkdir(parents=True)
-    options = {"max_steps": config.agent_max_steps + 2, "temperature": config.temperature}
     with serving(student, adapter, traces, label=f"round student ({adapter or 'base'})") as served:
         console.print(f"  student: {served.describe()}")
-
-        def run(tasks: list, description: str) -> list:
-            # mlx_lm server now and then drops a connection under concurrent load (a 502 for that request):
-            # such an attempt says nothing about the student, so it is run again alone, never labelled itself
-            episodes = run_episodes(
-                tasks, served.base_url, "default_model", description=description,
-                concurrency=config.attempt_concurrency, **options,
-            )  # fmt: skip
-            return run_episodes_again(
-                tasks, episodes, served.base_url, "default_model", description=description, **options
-            )
-
+        # mlx_lm server now and then drops a connection under concurrent load (a 502 for that request): such
+        # an attempt says nothing about the student, so it is run again alone, and never labelled itself
+        run = partial(
+            run_episodes_retrying, base_url=served.base_url, model_name="default_model",
+            concurrency=config.attempt_concurrency, max_steps=config.agent_max_steps + 2,
+            temperature=config.temperature,
+        )  # fmt: skip
         episodes = run(
-            tasks, f"attempt · {len(tasks) // config.attempts} {config.attempt_on} tasks × {config.attempts}"
+            tasks,
+            description=f"attempt · {len(tasks) // config.attempts} {config.attempt_on} tasks × {config.attempts}",
         )
         if config.attempt_focus:
             extra = focused_tasks(suite, episodes, config.attempt_focus, draw, config.focus_on)
-            episodes += run(extra, f"attempt · {len(extra)} more, by {config.focus_on}")
+            episodes += run(extra, description=f"attempt · {len(extra)} more, by {config.focus_on}")
     # one the server failed again is neither labelled nor trained on; a failing server stops the round
     broken = [e for e in episodes if server_failed(e)]
     if len(broken) > MAX_SERVER_ERROR_SHARE * len(episodes):

@@ -92,14 +92,14 @@ def top_up_lines(config: LoopConfig, paths: RoundPaths, in_use: RoundPaths) -> t
     """The round's train lines the adapter in use was not trained on, and the replayed ones it was: drawn with
     the seed from this round's train split (so never a held-out line), as many as `top_up_replay` per new line."""
     seen = {trained_on(line) for line in (in_use.data / "train.jsonl").read_text().splitlines()}
-    lines = (paths.data / "train.jsonl").read_text().splitlines()
-    new = [line for line in lines if trained_on(line) not in seen]
+    new, old = [], []
+    for line in (paths.data / "train.jsonl").read_text().splitlines():
+        (old if trained_on(line) in seen else new).append(line)
     if not new:
         raise LoopError(
             f"round {paths.number}: {paths.data / 'train.jsonl'} holds no line adapter {in_use.number} was not "
             "trained on: nothing to top up with (more attempts, or attempt_focus, may find successes)"
         )
-    old = [line for line in lines if trained_on(line) in seen]
     count = min(len(old), round(config.top_up_replay * len(new)))
     return new, random.Random(config.seed).sample(old, count)
 
