@@ -65,10 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--focus-on",
-        choices=["failures", "frontier"],
-        help="how --attempt-focus shares its attempts: by failures (default), or by successes × failures / "
-        "attempts (templates the student sometimes solves; none to one it never solved, unless no template "
-        "is sometimes solved)",
+        choices=["failures", "frontier", "optimistic"],
+        help="how --attempt-focus shares its attempts: by failures (default); by successes × failures / "
+        "attempts (frontier: templates the student sometimes solves; none to one it never solved, unless no "
+        "template is sometimes solved); or as frontier with a template never solved counted as solved once "
+        "(optimistic)",
+    )
+    parser.add_argument(
+        "--attempt-max-tokens",
+        type=int,
+        help="rounds ≥ 2: tokens the served student may write per request while it attempts (default 512)",
     )
     parser.add_argument(
         "--top-up-iters",
@@ -79,8 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--top-up-replay",
         type=float,
-        help="rounds ≥ 2, with --top-up-iters: lines the adapter in use was trained on, per new line, trained "
+        help="rounds ≥ 2, with a top-up: lines the adapter in use was trained on, per new line, trained "
         "on beside them (default 0)",
+    )
+    parser.add_argument(
+        "--top-up-passes",
+        type=float,
+        help="rounds ≥ 2: the adapter in use continues for this many passes over its new and replayed lines "
+        "(instead of --top-up-iters)",
     )
     parser.add_argument(
         "--eval-max-tokens",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from core.config import Settings, describe
 from flywheel.stages import weights_identity
@@ -71,12 +72,20 @@ class LoopConfig(Settings):
     attempt_on: Literal["fresh", "train"] = "fresh"
     # this many more fresh attempts, shared among templates by the first attempts (flywheel.rounds.focus_weights):
     # "failures", by how often the student failed them; "frontier", by successes × failures / attempts, so
-    # a template it never solved gets none while another one it sometimes solves is there to learn from
+    # a template it never solved gets none while another one it sometimes solves is there to learn from;
+    # "optimistic", as "frontier" with a template it failed every time counted as solved once (four misses
+    # do not tell a template it solves one time in three from one it never solves)
     attempt_focus: int = Field(0, ge=0)
-    focus_on: Literal["failures", "frontier"] = "failures"
+    focus_on: Literal["failures", "frontier", "optimistic"] = "failures"
+    # tokens the served student may write per request while it attempts (a failing attempt that writes prose
+    # runs to this limit, so it sets how long the attempts take)
+    attempt_max_tokens: int = Field(512, ge=1)
     # rounds ≥ 2: the adapter in use continues for this many iterations on the training lines it has not
     # seen (its round's new successes) instead of a new adapter trained from the base for the recipe's iters
     top_up_iters: int | None = Field(None, ge=1)
+    # or for this many passes over its lines (new and replayed; batches rounded up): a fixed count of
+    # iterations covers a rare new line less often the more lines are replayed beside it
+    top_up_passes: float | None = Field(None, gt=0)
     # beside those new lines, this many lines per new line that the adapter in use was trained on (drawn with
     # the seed from the round's train split): rehearsal, so that learning the new work does not unlearn the old
     top_up_replay: float = Field(0.0, ge=0)
@@ -84,6 +93,19 @@ class LoopConfig(Settings):
     # tokens a side may write per held-out turn and agent request (evaluate's --max-tokens): a model that
     # writes prose instead of a call runs to this limit, so it sets how long the base's evaluation takes
     eval_max_tokens: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _one_top_up_length(self) -> LoopConfig:
+        if self.top_up_iters and self.top_up_passes:
+            raise ValueError(
+                "top_up_iters and top_up_passes both set: the top-up's length is one or the other"
+            )
+        return self
+
+    @property
+    def tops_up(self) -> bool:
+        """Rounds ≥ 2 continue the adapter in use (`top_up_iters` or `top_up_passes`) rather than train anew."""
+        return bool(self.top_up_iters or self.top_up_passes)
 
     @field_validator("train")
     @classmethod
@@ -114,10 +136,16 @@ class LoopConfig(Settings):
         )
 
     def train_settings(
-        self, student: Path, data_dir: Path, adapter_dir: Path, init_adapter: Path | None = None
+        self,
+        student: Path,
+        data_dir: Path,
+        adapter_dir: Path,
+        init_adapter: Path | None = None,
+        lines: int | None = None,
     ) -> dict[str, Any]:
         """The student's TrainConfig settings: the recipe, what follows from its iterations and learning rate,
-        then the [train] table; from `init_adapter`, `top_up_iters` iterations (warm-up shortened to fit)."""
+        then the [train] table; from `init_adapter`, a top-up over `lines` lines: `top_up_iters` iterations, or
+        `top_up_passes` passes over the lines (warm-up shortened to fit, a batch no larger than the lines)."""
         recipe = {**STUDENT_RECIPE, **self.train}
         iters, learning_rate = recipe["iters"], recipe["learning_rate"]
         derived = {
@@ -129,8 +157,19 @@ class LoopConfig(Settings):
         settings = {**STUDENT_RECIPE, **derived, **self.train, **paths}
         if init_adapter is None:
             return settings
-        iters = self.top_up_iters or iters
-        top_up = {"iters": iters, "lr_warmup": min(settings["lr_warmup"], iters // 10), **checkpoints(iters)}
+        batch = min(settings["batch_size"], lines or settings["batch_size"])
+        if self.top_up_passes:
+            if not lines:
+                raise ValueError("top_up_passes: how many lines the top-up trains on is needed")
+            iters = math.ceil(self.top_up_passes * lines / batch)
+        else:
+            iters = self.top_up_iters or iters
+        top_up = {
+            "iters": iters,
+            "batch_size": batch,
+            "lr_warmup": min(settings["lr_warmup"], iters // 10),
+            **checkpoints(iters),
+        }
         return {**settings, **top_up, "init_adapter": str(init_adapter)}
 
     def run_name(self, student: Path) -> str:

@@ -43,7 +43,8 @@ def attempt(
 
     tasks = [task for task in attempted_tasks(suite, config, draw) for _ in range(config.attempts)]
     traces.mkdir(parents=True)
-    with serving(student, adapter, traces, label=f"round student ({adapter or 'base'})") as served:
+    label = f"round student ({adapter or 'base'})"
+    with serving(student, adapter, traces, label=label, max_tokens=config.attempt_max_tokens) as served:
         console.print(f"  student: {served.describe()}")
         # mlx_lm server now and then drops a connection under concurrent load (a 502 for that request): such
         # an attempt says nothing about the student, so it is run again alone, and never labelled itself
@@ -95,6 +96,7 @@ def attempt(
         "attempt_on": config.attempt_on,
         "attempt_focus": config.attempt_focus,
         "focus_on": config.focus_on,
+        "max_tokens": config.attempt_max_tokens,
     }
     (traces / "collection.json").write_text(json.dumps(collection, indent=2) + "\n")
     console.print(
@@ -136,9 +138,12 @@ def focus_weights(episodes: list, focus_on: str) -> dict[str, float]:
     always solves gets none): where its own successes are rarest. "frontier": successes × failures / attempts
     (n·p·(1 − p), largest at half solved), because an attempt only yields training data where the student
     sometimes succeeds; a template it never solved gets none, unless no template was sometimes solved, when
-    the weights fall back to failures."""
+    the weights fall back to failures. "optimistic": as "frontier", with a template it never solved counted as
+    solved once, so that it keeps a share (the student may solve it one time in three and have missed four)."""
     tried = Counter(e.template for e in episodes)
     failed = Counter(e.template for e in episodes if not e.success)
+    if focus_on == "optimistic":
+        return {t: max(n - failed[t], 1) * failed[t] / n for t, n in tried.items()}
     if focus_on == "frontier":
         frontier = {t: (n - failed[t]) * failed[t] / n for t, n in tried.items()}
         if any(frontier.values()):
@@ -216,7 +221,7 @@ def run_rounds(config: LoopConfig, student: Path, suite, all_paths: list, stages
                 traces, paths.data, config, student, console, require_outcome="success"
             ),
         )
-        if config.top_up_iters:
+        if config.tops_up:
             title = f"{k}c adapter {k}: {baseline_name} topped up on its new successes"
             build = partial(top_up_round, config, student, paths, in_use, console)
         else:

@@ -69,8 +69,8 @@ TOP_UP = "top-up"  # beside a round's curated data: the lines its top-up trains 
 
 
 def top_up_round(config: LoopConfig, student: Path, paths: RoundPaths, in_use: RoundPaths, console) -> dict:
-    """Adapter k: the adapter in use continues (`top_up_iters`) on the round's train lines it was not trained
-    on, its own new successes, and `top_up_replay` lines per new line that it was trained on; validated on the
+    """Adapter k: the adapter in use continues (`top_up_iters`, or `top_up_passes` over the lines) on the
+    round's train lines it was not trained on, its own new successes, and `top_up_replay` lines per new line that it was trained on; validated on the
     round's valid split."""
     import train
 
@@ -81,11 +81,16 @@ def top_up_round(config: LoopConfig, student: Path, paths: RoundPaths, in_use: R
     (data / "valid.jsonl").write_bytes((paths.data / "valid.jsonl").read_bytes())
     replayed = f", beside {len(replay)} it was trained on" if replay else ""
     console.print(f"  top-up: adapter {in_use.number} continues on {len(new)} new train lines{replayed}")
-    settings = config.train_settings(student, data, paths.adapter, init_adapter=in_use.adapter)
-    # a batch cannot outnumber the lines
-    settings["batch_size"] = min(settings["batch_size"], len(new) + len(replay))
+    settings = config.train_settings(
+        student, data, paths.adapter, init_adapter=in_use.adapter, lines=len(new) + len(replay)
+    )
     train.run(train.TrainConfig(**settings), console=console)
-    return {"top_up_lines": len(new), "replay_lines": len(replay), "from": str(in_use.adapter)}
+    return {
+        "top_up_lines": len(new),
+        "replay_lines": len(replay),
+        "iters": settings["iters"],
+        "from": str(in_use.adapter),
+    }
 
 
 def top_up_lines(config: LoopConfig, paths: RoundPaths, in_use: RoundPaths) -> tuple[list[str], list[str]]:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from core.config import ConfigError, flag_overrides, load
 from flywheel.loop import QUICK_ITERS, STUDENT_RECIPE, LoopConfig
@@ -150,12 +151,14 @@ def test_the_readme_rare_work_commands_load_their_suites():
             150,
         )
         assert len(load_suite(config.suite).train) == teacher_tasks
-        # round 2 tops up adapter 1: 36 iterations from its weights, the warm-up shortened to fit
-        topped = TrainConfig(**config.train_settings(Path("qwen"), Path("d"), Path("a2"), Path("a1")))
-        assert (topped.iters, topped.lr_warmup, topped.init_adapter, topped.lora_rank) == (36, 3, "a1", 8)
+        # round 2 tops up adapter 1 from its weights: one pass over its 45 lines, the warm-up shortened to fit
+        topped = TrainConfig(
+            **config.train_settings(Path("qwen"), Path("d"), Path("a2"), Path("a1"), lines=45)
+        )
+        assert (topped.iters, topped.lr_warmup, topped.init_adapter, topped.lora_rank) == (45, 4, "a1", 8)
         assert (config.eval_concurrency, config.attempt_concurrency) == (8, 8)
-        assert (config.attempt_focus, config.focus_on, config.eval_max_tokens) == (16, "frontier", 128)
-        assert config.top_up_replay == 2
+        assert (config.attempt_focus, config.focus_on, config.eval_max_tokens) == (16, "optimistic", 128)
+        assert (config.attempt_tasks, config.attempt_max_tokens, config.top_up_replay) == (21, 128, 2)
 
 
 def test_the_evaluation_token_limit_is_a_loop_setting_that_reaches_evaluate(monkeypatch, tmp_path):
@@ -189,3 +192,21 @@ def test_a_setting_added_later_at_its_default_keeps_the_run_name():
     assert Later().fingerprint() == LoopConfig().fingerprint()
     assert Later(quick=True).fingerprint() == LoopConfig(quick=True).fingerprint()
     assert Later(new_knob=4).fingerprint() != LoopConfig().fingerprint()
+
+
+def test_a_top_up_runs_a_fixed_count_of_iterations_or_passes_over_its_lines():
+    """`top_up_iters` N: N iterations whatever the lines; `top_up_passes` P: P passes over the lines (new and
+    replayed), so that a rare new line is seen as often however many lines are replayed beside it. A batch
+    never outnumbers the lines; setting both is refused, naming both."""
+    from train.config import TrainConfig
+
+    def top_up(config: LoopConfig, lines: int) -> TrainConfig:
+        return TrainConfig(**config.train_settings(Path("m"), Path("d"), Path("a2"), Path("a1"), lines=lines))
+
+    fixed = LoopConfig(top_up_iters=36, train={"batch_size": 4})
+    assert [(t.iters, t.batch_size) for t in (top_up(fixed, 51), top_up(fixed, 3))] == [(36, 4), (36, 3)]
+    passes = LoopConfig(top_up_passes=1.5, train={"batch_size": 4})
+    assert [(t.iters, t.batch_size) for t in (top_up(passes, 51), top_up(passes, 3))] == [(20, 4), (2, 3)]
+    assert top_up(passes, 51).lr_warmup == 2 and fixed.tops_up and passes.tops_up and not LoopConfig().tops_up
+    with pytest.raises(ValidationError, match="top_up_iters and top_up_passes both set"):
+        LoopConfig(top_up_iters=36, top_up_passes=1)

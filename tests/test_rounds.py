@@ -243,13 +243,15 @@ def test_the_gate_refuses_a_worse_adapter_and_keeps_the_one_in_use(two_rounds, t
 
 
 def test_a_round_can_top_up_the_adapter_in_use_on_its_new_successes(two_rounds, tmp_path):
-    """`--top-up-iters N`: round 2's adapter is adapter 1 continued for N iterations on the train lines adapter 1
+    """`--top-up-passes 1`: round 2's adapter is adapter 1 continued for one pass over the train lines adapter 1
     never saw (the student's new successes), not a new adapter from the base, with `--top-up-replay 1` as many
     lines it did see beside them; evaluated and gated as any other.
     The run is extended in a copy, named with `--run`, its round 1 moved into the run's own round-1 places
     (every file now somewhere else than its reports say): round 1 and round 2's attempts and data are reused."""
     import hashlib
     import shutil
+
+    from flywheel.steps import trained_on
 
     root, run = two_rounds.root, two_rounds.run
     copy = tmp_path / "root"
@@ -269,31 +271,47 @@ def test_a_round_can_top_up_the_adapter_in_use_on_its_new_successes(two_rounds, 
     shutil.rmtree(copy / "adapters" / run / "round-2")
     for path in (copy / "reports" / run).glob("round-2*"):
         path.unlink()
+    # the tiny student may solve none of its attempts: the user says four of them succeeded (their verdict
+    # outranks the check), and round 2's data is curated again
+    traces_2 = copy / "traces" / run / "round-2"
+    failed = sorted(s for s, o in read_outcomes([traces_2]).items() if o["outcome"] == "failure")
+    for session in failed[:4]:
+        labelled = subprocess.run(
+            [sys.executable, "-m", "flywheel", "label", session, "success", "--traces", str(traces_2)],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert labelled.stdout.startswith(f"{session}: success")
+    shutil.rmtree(copy / "data" / run / "round-2")
     args = ["--quick", "--rounds", "2", "--root", str(copy), "--run", run]
     result = flywheel(
-        *args, "--top-up-iters", "4", "--top-up-replay", "1", "--eval-concurrency", "2", timeout=900
+        *args, "--top-up-passes", "1", "--top-up-replay", "1", "--eval-concurrency", "2", timeout=900
     )
-    # round 1's four stages, round 2's attempt and curate
-    assert result.stderr.count("(reused: complete from an earlier run)") == 6
+    # round 1's four stages, round 2's attempt (round 2's curate runs again, with the user's verdicts)
+    assert result.stderr.count("(reused: complete from an earlier run)") == 5
     assert "adapter 1 topped up on its new successes" in result.stderr
 
     data = copy / "data" / run
-    seen = set((data / "round-1" / "train.jsonl").read_text().splitlines())
+    # a line is known by what it trains (round 2 was curated in the copy, so its meta names other paths)
+    seen = {trained_on(x) for x in (data / "round-1" / "train.jsonl").read_text().splitlines()}
     train_2 = (data / "round-2" / "train.jsonl").read_text().splitlines()
-    new = [x for x in train_2 if x not in seen]
+    new = [x for x in train_2 if trained_on(x) not in seen]
     top_up = (data / "round-2" / "top-up" / "train.jsonl").read_text().splitlines()
     replayed = top_up[len(new) :]
     assert new and top_up[: len(new)] == new
     # replayed: lines adapter 1 was trained on that are in round 2's train split too, one per new line
-    assert len(replayed) == min(len(new), len(seen & set(train_2))) > 0
-    assert set(replayed) <= seen & set(train_2) and len(set(replayed)) == len(replayed)
+    again = [x for x in train_2 if trained_on(x) in seen]
+    assert len(replayed) == min(len(new), len(again)) > 0
+    assert set(replayed) <= set(again) and len(set(replayed)) == len(replayed)
     line = (
         f"top-up: adapter 1 continues on {len(new)} new train lines, beside {len(replayed)} it was trained on"
     )
     assert line in result.stderr
     adapter_1 = copy / "adapters" / run / "round-1"
     manifest = json.loads((copy / "adapters" / run / "round-2" / "manifest.json").read_text())
-    assert manifest["config"]["iters"] == 4 and manifest["config"]["init_adapter"] == str(adapter_1)
+    # one pass over the new and replayed lines, in batches of at most the recipe's size
+    batch = manifest["config"]["batch_size"]
+    assert batch == min(8, len(top_up)) and manifest["config"]["iters"] == -(-len(top_up) // batch)
+    assert manifest["config"]["init_adapter"] == str(adapter_1)
     sha256 = hashlib.sha256((adapter_1 / "adapters.safetensors").read_bytes()).hexdigest()
     assert manifest["config_notes"]["init_adapter_sha256"] == sha256
 
@@ -304,14 +322,17 @@ def test_a_round_can_top_up_the_adapter_in_use_on_its_new_successes(two_rounds, 
     assert [p["label"] for p in run_report["curve"]] == ["base", "adapter 1", "adapter 2"]
     assert "p_one_sided" in run_report["rounds"][1]["decision"]["checks"][0]
     training = {
-        "iters": 4,
+        "iters": manifest["config"]["iters"],
         "init_adapter": str(adapter_1),
         "train_lines": len(top_up),
         "replay_lines": len(replayed),
     }
     assert run_report["rounds"][1]["training"] == training
     html = (copy / "reports" / f"{run}.html").read_text()
-    assert f"from adapter 1, 4 iterations on {len(top_up)} train lines ({len(replayed)} replayed)" in html
+    iters = manifest["config"]["iters"]
+    assert (
+        f"from adapter 1, {iters} iterations on {len(top_up)} train lines ({len(replayed)} replayed)" in html
+    )
 
 
 def test_scores_are_read_back_only_for_the_same_weights_cases_and_settings(two_rounds, tmp_path):
@@ -455,6 +476,13 @@ def test_focused_attempts_go_where_the_student_failed(suite):
     fallback = focused_tasks(suite, without_half, 16, draw=1, focus_on="frontier")
     assert {task.template for task in fallback} == {never} and len(fallback) == 16
     assert focused_tasks(suite, episodes[:4], 16, draw=1, focus_on="frontier") == []
+
+    # "optimistic": the never-solved template counts as solved once (1 × 6/6), as much as the half-solved one
+    # (2 × 2/4), where "frontier" gave it nothing; the always-solved one still gets none
+    optimistic = focused_tasks(suite, episodes, 16, draw=1, focus_on="optimistic")
+    counts = {t: sum(task.template == t for task in optimistic) for t in templates}
+    assert (counts[solved], counts[half], counts[never]) == (0, 8, 8)
+    assert focused_tasks(suite, episodes[:4], 16, draw=1, focus_on="optimistic") == []
 
 
 def test_an_attempt_the_server_dropped_is_run_again_alone_and_only_its_second_try_labelled(
