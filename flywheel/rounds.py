@@ -8,8 +8,9 @@ so the student's successes on them repeat the teacher's episodes and dedupe remo
 outcome is its task's own end-state check, written beside the traces (`core.outcomes`, source "check").
 Held-out tasks, and the held-out pools, are never attempted. Curate
 reads every round's traces so far with `require_outcome="success"` (the teacher's episodes and the student's
-successes); adapter k is trained from the base on that data with the round-1 recipe (or, with `top_up_iters`, the
-best continues on the lines it was not trained on, beside `top_up_replay` it was: `flywheel.steps`); adapter k and the best
+successes); adapter k is trained from the base on that data with the round-1 recipe (or, with `top_up_iters` or
+`top_up_passes`, the best continues on the lines it was not trained on, beside `top_up_replay` it was:
+`flywheel.steps`); adapter k and the best
 are evaluated paired on the held-out tasks and round 1's held-out turns (the same cases every round; the best's
 scores are read back from the round that made it, `evaluate.reuse`, not generated again); and
 adapter k replaces the best only by the rule of `flywheel.promote`. Every round's artifacts are kept.

@@ -504,7 +504,7 @@ def test_an_attempt_the_server_dropped_is_run_again_alone_and_only_its_second_tr
     teacher = flaky_teacher(suite, drops=2)
 
     @contextmanager
-    def serving(model, adapter, traces, label=None):
+    def serving(model, adapter, traces, label=None, max_tokens=None):
         with teacher, RecordingProxy(teacher.url, traces) as recording:
             yield flywheel.serve.Served(recording.base_url, str(model), adapter, {"label": label})
 
@@ -524,6 +524,24 @@ def test_an_attempt_the_server_dropped_is_run_again_alone_and_only_its_second_tr
     unlabelled = set(collection["server_error_sessions"])
     assert len(unlabelled) == 2 and not unlabelled & set(outcomes)
     assert {record["session_id"] for record in read_records([traces])} <= set(outcomes) | unlabelled
+
+
+def test_attempts_write_no_more_than_their_token_limit_per_request(tool_model, tmp_path):
+    """`attempt_max_tokens` N: the served student (a real `mlx_lm server` behind the recorder) writes at most N
+    tokens per request while it attempts, the limit a failing attempt that writes prose runs to."""
+    from rich.console import Console
+
+    from agent.tasks import load_suite
+    from flywheel.config import LoopConfig
+    from flywheel.rounds import attempt
+
+    config = LoopConfig(attempt_tasks=7, attempts=1, attempt_max_tokens=3, attempt_concurrency=2)
+    traces = tmp_path / "traces"
+    attempt(config, Path(tool_model), None, load_suite(config.suite), traces, 1, Console(file=io.StringIO()))
+    records = list(read_records([traces]))
+    assert records and all(record["usage"]["completion_tokens"] <= 3 for record in records)
+    assert any(record["finish_reason"] == "length" for record in records)  # it would have written more
+    assert json.loads((traces / "collection.json").read_text())["max_tokens"] == 3
 
 
 def test_a_top_up_replays_lines_the_adapter_in_use_was_trained_on_beside_the_new_ones(tmp_path):
