@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         "on beside them (default 0)",
     )
     parser.add_argument(
+        "--top-up-max-solve-rate",
+        type=float,
+        help="rounds ≥ 2, with a top-up: new lines only from templates the student solved at most this share "
+        "of its attempts (default 1: all)",
+    )
+    parser.add_argument(
         "--top-up-passes",
         type=float,
         help="rounds ≥ 2: the adapter in use continues for this many passes over its new and replayed lines "

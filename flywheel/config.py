@@ -89,6 +89,9 @@ class LoopConfig(Settings):
     # beside those new lines, this many lines per new line that the adapter in use was trained on (drawn with
     # the seed from the round's train split): rehearsal, so that learning the new work does not unlearn the old
     top_up_replay: float = Field(0.0, ge=0)
+    # new lines only from sessions of templates the student solved at most this share of its attempts this
+    # round: a success where it nearly always succeeds teaches little, and many pull it toward their endings
+    top_up_max_solve_rate: float = Field(1.0, ge=0, le=1)
     eval_concurrency: int = Field(1, ge=1)  # held-out episodes in flight against one server (1: repeatable)
     # tokens a side may write per held-out turn and agent request (evaluate's --max-tokens): a model that
     # writes prose instead of a call runs to this limit, so it sets how long the base's evaluation takes

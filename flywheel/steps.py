@@ -70,17 +70,22 @@ TOP_UP = "top-up"  # beside a round's curated data: the lines its top-up trains 
 
 def top_up_round(config: LoopConfig, student: Path, paths: RoundPaths, in_use: RoundPaths, console) -> dict:
     """Adapter k: the adapter in use continues (`top_up_iters`, or `top_up_passes` over the lines) on the
-    round's train lines it was not trained on, its own new successes, and `top_up_replay` lines per new line that it was trained on; validated on the
-    round's valid split."""
+    round's train lines it was not trained on, its own new successes (those of templates it solved at most
+    `top_up_max_solve_rate` of the time), and `top_up_replay` lines per new line that it was trained on;
+    validated on the round's valid split."""
     import train
 
-    new, replay = top_up_lines(config, paths, in_use)
+    new, replay, skipped = top_up_lines(config, paths, in_use)
     data = paths.data / TOP_UP
     data.mkdir(exist_ok=True)
     (data / "train.jsonl").write_text("\n".join(new + replay) + "\n")
     (data / "valid.jsonl").write_bytes((paths.data / "valid.jsonl").read_bytes())
     replayed = f", beside {len(replay)} it was trained on" if replay else ""
-    console.print(f"  top-up: adapter {in_use.number} continues on {len(new)} new train lines{replayed}")
+    left = f" ({skipped} of templates it solved more than {config.top_up_max_solve_rate:.0%} left out)"
+    console.print(
+        f"  top-up: adapter {in_use.number} continues on {len(new)} new train lines{replayed}"
+        + (left if skipped else "")
+    )
     settings = config.train_settings(
         student, data, paths.adapter, init_adapter=in_use.adapter, lines=len(new) + len(replay)
     )
@@ -88,25 +93,61 @@ def top_up_round(config: LoopConfig, student: Path, paths: RoundPaths, in_use: R
     return {
         "top_up_lines": len(new),
         "replay_lines": len(replay),
+        "left_out_lines": skipped,
         "iters": settings["iters"],
         "from": str(in_use.adapter),
     }
 
 
-def top_up_lines(config: LoopConfig, paths: RoundPaths, in_use: RoundPaths) -> tuple[list[str], list[str]]:
-    """The round's train lines the adapter in use was not trained on, and the replayed ones it was: drawn with
-    the seed from this round's train split (so never a held-out line), as many as `top_up_replay` per new line."""
+def top_up_lines(
+    config: LoopConfig, paths: RoundPaths, in_use: RoundPaths
+) -> tuple[list[str], list[str], int]:
+    """The round's train lines the adapter in use was not trained on, from sessions of templates it solved at
+    most `top_up_max_solve_rate` of its attempts this round (a success where it nearly always succeeds teaches
+    it little, and many of them pull it toward their own endings); the replayed ones it was trained on, drawn
+    with the seed from this round's train split (so never a held-out line), as many as `top_up_replay` per new
+    line; and how many new lines were left out."""
     seen = {trained_on(line) for line in (in_use.data / "train.jsonl").read_text().splitlines()}
-    new, old = [], []
+    rates = session_solve_rates(paths.traces)
+    new, old, skipped = [], [], 0
     for line in (paths.data / "train.jsonl").read_text().splitlines():
-        (old if trained_on(line) in seen else new).append(line)
+        if trained_on(line) in seen:
+            old.append(line)
+        elif (
+            rates.get(json.loads(line).get("meta", {}).get("session_id"), 0.0) > config.top_up_max_solve_rate
+        ):
+            skipped += 1
+        else:
+            new.append(line)
     if not new:
+        also = (
+            f", {skipped} from templates it solved more than {config.top_up_max_solve_rate:.0%}"
+            if skipped
+            else ""
+        )
         raise LoopError(
             f"round {paths.number}: {paths.data / 'train.jsonl'} holds no line adapter {in_use.number} was not "
-            "trained on: nothing to top up with (more attempts, or attempt_focus, may find successes)"
+            f"trained on{also}: nothing to top up with (more attempts, or attempt_focus, may find successes)"
         )
     count = min(len(old), round(config.top_up_replay * len(new)))
-    return new, random.Random(config.seed).sample(old, count)
+    return new, random.Random(config.seed).sample(old, count), skipped
+
+
+def session_solve_rates(traces: Path) -> dict[str, float]:
+    """Session id → the share of the round's attempts at its task's template that succeeded
+    (`collection.json`); sessions of no attempted template (a user's own, say) are absent."""
+    from core.outcomes import read_outcomes
+
+    collection = traces / "collection.json"
+    by_template = json.loads(collection.read_text()).get("by_template", {}) if collection.exists() else {}
+    rates = {t: v["solved"] / v["episodes"] for t, v in by_template.items() if v.get("episodes")}
+    found = {}
+    for session, outcome in read_outcomes([traces]).items():
+        task = outcome.get("task_id") or ""
+        template = next((t for t in rates if task.startswith(f"{t}-")), None)
+        if template is not None:
+            found[session] = rates[template]
+    return found
 
 
 def trained_on(line: str) -> str:
