@@ -565,7 +565,7 @@ def test_a_top_up_replays_lines_the_adapter_in_use_was_trained_on_beside_the_new
     (second.data / "train.jsonl").write_text("\n".join(fresh[:2] + old[:8] + fresh[2:]) + "\n")
 
     def lines(replay: float, seed: int = 0) -> tuple[list[str], list[str]]:
-        return top_up_lines(LoopConfig(top_up_iters=4, top_up_replay=replay, seed=seed), second, first)
+        return top_up_lines(LoopConfig(top_up_iters=4, top_up_replay=replay, seed=seed), second, first)[:2]
 
     assert lines(0) == (fresh, [])
     new, replayed = lines(0.5)
@@ -574,6 +574,56 @@ def test_a_top_up_replays_lines_the_adapter_in_use_was_trained_on_beside_the_new
     assert {tuple(lines(1, seed)[1]) for seed in range(6)} != {tuple(lines(1)[1])}  # the seed decides them
     new, replayed = lines(5)  # more than there are: every one of the 8, once
     assert sorted(replayed) == sorted(old[:8])
+
+
+def test_a_top_up_leaves_out_new_lines_of_templates_the_student_nearly_always_solved(tmp_path):
+    """`top_up_max_solve_rate` m: a new line from a session whose template the student solved more than m of
+    its attempts this round (collection.json, outcomes.jsonl: as `attempt` writes them) is left out; one of a
+    template it rarely solved, or of a session no attempt made (a user's own), stays."""
+    from core.outcomes import append_outcomes, outcome_record
+    from flywheel.config import LoopConfig
+    from flywheel.steps import LoopError, round_paths, top_up_lines
+
+    first, second = (round_paths(tmp_path, "run", k, several=True) for k in (1, 2))
+    for paths in (first, second):
+        paths.data.mkdir(parents=True)
+    second.traces.mkdir(parents=True)
+    by_template = {
+        "create_file": {"solved": 12, "episodes": 13},
+        "count_lines": {"solved": 5, "episodes": 13},
+    }
+    (second.traces / "collection.json").write_text(json.dumps({"by_template": by_template}))
+    append_outcomes(
+        second.traces,
+        [
+            outcome_record("s-create", "success", "check", task_id="create_file-fresh2-00"),
+            outcome_record("s-count", "success", "check", task_id="count_lines-fresh1002-03"),
+            outcome_record("s-user", "success", "user"),
+        ],
+    )
+
+    def line(text: str, session: str) -> str:
+        return json.dumps({"messages": [{"role": "user", "content": text}], "meta": {"session_id": session}})
+
+    old = [line(f"old {i}", f"teacher-{i}") for i in range(6)]
+    create, count, user = line("create", "s-create"), line("count", "s-count"), line("mine", "s-user")
+    (first.data / "train.jsonl").write_text("\n".join(old) + "\n")
+    (second.data / "train.jsonl").write_text("\n".join([create, *old, count, user]) + "\n")
+
+    def lines(rate: float) -> tuple[list[str], list[str], int]:
+        return top_up_lines(
+            LoopConfig(top_up_passes=1, top_up_replay=1, top_up_max_solve_rate=rate), second, first
+        )
+
+    assert lines(1.0)[0] == [create, count, user] and lines(1.0)[2] == 0
+    new, replayed, left_out = lines(0.5)  # create_file 12/13 > 0.5: left out; count_lines 5/13 stays
+    assert (new, left_out, len(replayed)) == ([count, user], 1, 2) and set(replayed) <= set(old)
+    assert lines(0.3)[:3:2] == ([user], 2)
+    (second.data / "train.jsonl").write_text("\n".join([create, *old]) + "\n")
+    with pytest.raises(
+        LoopError, match=r"no line adapter 1 was not trained on, 1 from templates it solved more than 50%"
+    ):
+        lines(0.5)
 
 
 def test_a_top_up_without_new_lines_stops_the_round_saying_why(tmp_path):
