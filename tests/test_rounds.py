@@ -358,7 +358,22 @@ def test_scores_are_read_back_only_for_the_same_weights_cases_and_settings(two_r
         assert "\n" not in str(error.value) and not list(tmp_path.iterdir())
         return str(error.value)
 
-    assert "its candidate is not this baseline (adapter_sha256" in refused(baseline_adapter=two.adapter)
+    # other weights: adapter 1 with one tensor nudged (round 2's adapter is adapter 1 bit for bit when the tiny
+    # student solved none of its attempts: the same data, the same seed)
+    import shutil
+
+    import mlx.core as mx
+
+    other = tmp_path.parent / f"{tmp_path.name}-other-adapter"
+    shutil.copytree(one.adapter, other)
+    try:
+        weights = mx.load(str(other / "adapters.safetensors"))
+        name = sorted(weights)[0]
+        weights[name] = weights[name] + 1e-3
+        mx.save_safetensors(str(other / "adapters.safetensors"), weights)
+        assert "its candidate is not this baseline (adapter_sha256" in refused(baseline_adapter=other)
+    finally:
+        shutil.rmtree(other)
     assert "scored with other settings (limit 6 then, 5 now)" in refused(limit=5)
     assert "agent_max_steps 6 then, 8 now" in refused(agent_max_steps=8)
     changed = tmp_path.parent / f"{tmp_path.name}-changed.jsonl"
