@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(optimistic)",
     )
     parser.add_argument(
+        "--focus-give-up-after",
+        type=int,
+        help="rounds ≥ 2: a template missed this many times in a round without a success gets no more "
+        "--attempt-focus attempts, which then run in waves shared again after each (default: never)",
+    )
+    parser.add_argument(
         "--attempt-max-tokens",
         type=int,
         help="rounds ≥ 2: tokens the served student may write per request while it attempts (default 512)",

@@ -77,6 +77,9 @@ class LoopConfig(Settings):
     # do not tell a template it solves one time in three from one it never solves)
     attempt_focus: int = Field(0, ge=0)
     focus_on: Literal["failures", "frontier", "optimistic"] = "failures"
+    # set: a template missed this many times in a round without one success gets no more focused attempts,
+    # which then run in waves of `attempt_concurrency`, shared again after each wave (flywheel.rounds)
+    focus_give_up_after: int | None = Field(None, ge=1)
     # tokens the served student may write per request while it attempts (a failing attempt that writes prose
     # runs to this limit, so it sets how long the attempts take)
     attempt_max_tokens: int = Field(512, ge=1)

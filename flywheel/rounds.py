@@ -58,7 +58,10 @@ def attempt(
             tasks,
             description=f"attempt · {len(tasks) // config.attempts} {config.attempt_on} tasks × {config.attempts}",
         )
-        if config.attempt_focus:
+        given_up: list[str] = []
+        if config.attempt_focus and config.focus_give_up_after:
+            episodes, given_up = focus_in_waves(suite, tasks, episodes, config, draw, run)
+        elif config.attempt_focus:
             extra = focused_tasks(suite, episodes, config.attempt_focus, draw, config.focus_on)
             episodes += run(extra, description=f"attempt · {len(extra)} more, by {config.focus_on}")
     # one the server failed again is neither labelled nor trained on; a failing server stops the round
@@ -97,6 +100,8 @@ def attempt(
         "attempt_on": config.attempt_on,
         "attempt_focus": config.attempt_focus,
         "focus_on": config.focus_on,
+        "focus_give_up_after": config.focus_give_up_after,
+        "given_up": given_up,  # templates that got no more focused attempts after that many misses
         "max_tokens": config.attempt_max_tokens,
     }
     (traces / "collection.json").write_text(json.dumps(collection, indent=2) + "\n")
@@ -132,6 +137,63 @@ def focused_tasks(suite, episodes: list, budget: int, draw: int, focus_on: str =
         return []
     shares = {t: round(budget * w / total) for t, w in weights.items() if w}
     return fresh_train_tasks(suite, shares, 1000 + draw)
+
+
+def focus_in_waves(
+    suite, tasks: list, episodes: list, config: LoopConfig, draw: int, run
+) -> tuple[list, list[str]]:
+    """After the first attempts (`tasks`, `episodes`), `config.attempt_focus` more fresh tasks, none of them met, run in waves of `attempt_concurrency` and shared again after
+    each wave by `focus_weights` of every attempt so far, so that the budget follows what the attempts find.
+    A template missed `focus_give_up_after` times this round without one success gets no more: the student
+    almost surely cannot solve it yet, and each of its attempts would be one fewer where it sometimes can.
+    Returns every attempt (the first ones, then the waves') and the templates given up, in that order."""
+    from agent.episodes import server_failed
+    from agent.tasks import fresh_train_tasks
+
+    met = {task.prompt for task in tasks}
+    pool = {t: config.attempt_focus for t in Counter(e.template for e in episodes)}
+    queues: dict[str, list] = {}
+    for task in fresh_train_tasks(suite, pool, 1000 + draw):
+        if task.prompt not in met:
+            queues.setdefault(task.template, []).append(task)
+    given_up: list[str] = []
+    budget = config.attempt_focus
+    while budget > 0:
+        judged = [e for e in episodes if not server_failed(e)]
+        tried, solved = Counter(e.template for e in judged), Counter(e.template for e in judged if e.success)
+        # misses each template not solved yet may still have: a wave gives it no more than that
+        misses_left = {t: config.focus_give_up_after - n for t, n in tried.items() if not solved[t]}
+        given_up += sorted(t for t, n in misses_left.items() if n <= 0 and t not in given_up)
+        weights = {
+            t: w
+            for t, w in focus_weights(judged, config.focus_on).items()
+            if t not in given_up and queues.get(t)
+        }
+        shares = apportion(min(budget, config.attempt_concurrency), weights)
+        wave = [
+            queues[t].pop(0)
+            for t, n in shares.items()
+            for _ in range(min(n, len(queues[t]), misses_left.get(t, n)))
+        ]
+        if not wave:
+            break
+        episodes = episodes + run(wave, description=f"attempt · {len(wave)} more, by {config.focus_on}")
+        budget -= len(wave)
+    return episodes, given_up
+
+
+def apportion(total: int, weights: dict[str, float]) -> dict[str, int]:
+    """`total` shared in proportion to `weights` in whole numbers that add up to it (largest remainders; ties
+    to the template named first), none to a weight of 0."""
+    weights = {t: w for t, w in sorted(weights.items()) if w > 0}
+    if not weights:
+        return {}
+    exact = {t: total * w / sum(weights.values()) for t, w in weights.items()}
+    shares = {t: int(x) for t, x in exact.items()}
+    by_remainder = sorted(exact, key=lambda t: exact[t] - shares[t], reverse=True)
+    for t in by_remainder[: total - sum(shares.values())]:
+        shares[t] += 1
+    return {t: n for t, n in shares.items() if n}
 
 
 def focus_weights(episodes: list, focus_on: str) -> dict[str, float]:

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -498,6 +499,56 @@ def test_focused_attempts_go_where_the_student_failed(suite):
     counts = {t: sum(task.template == t for task in optimistic) for t in templates}
     assert (counts[solved], counts[half], counts[never]) == (0, 8, 8)
     assert focused_tasks(suite, episodes[:4], 16, draw=1, focus_on="optimistic") == []
+
+
+def test_focused_waves_stop_attempting_a_template_missed_k_times_and_spend_the_rest_where_it_can_succeed(
+    suite,
+):
+    """`focus_give_up_after` k: the focused attempts run in waves of `attempt_concurrency`, shared again after
+    each; a template with k misses and no success this round gets no more, so the budget ends up where the
+    student sometimes succeeds. The student here is a policy by template (every 3rd attempt at `sometimes`
+    succeeds), because what is tested is where the attempts go; the served student runs them in the next test."""
+    from types import SimpleNamespace
+
+    from flywheel.config import LoopConfig
+    from flywheel.rounds import apportion, focus_in_waves
+
+    solved, sometimes, never = "say_word", "read_value", "create_file"
+    tried = Counter()
+    waves = []
+
+    def run(tasks, description):
+        waves.append([task.template for task in tasks])
+        out = []
+        for task in tasks:
+            tried[task.template] += 1
+            success = task.template == solved or (task.template == sometimes and tried[sometimes] % 3 == 0)
+            out.append(
+                SimpleNamespace(template=task.template, success=success, error=None, prompt=task.prompt)
+            )
+        return out
+
+    first = [
+        t for name in (solved, sometimes, never) for t in [t for t in suite.train if t.template == name][:2]
+    ]
+    episodes = run(first, "first")
+    config = LoopConfig(attempt_focus=20, focus_give_up_after=4, attempt_concurrency=3, focus_on="optimistic")
+    everything, given_up = focus_in_waves(suite, first, episodes, config, 1, run)
+
+    assert given_up == [never]
+    assert len(everything) == 6 + 20 and all(len(w) <= 3 for w in waves[1:])
+    assert tried[never] == 4 and tried[solved] == 2  # 2 first + 2 focused misses; always solved: none
+    assert tried[sometimes] == 2 + 18
+    focused = [e.prompt for e in everything[6:]]
+    assert len(set(focused)) == 20 and not set(focused) & {t.prompt for t in suite.tasks}
+
+    # by failures: the template never solved is still given up after k misses, the rest go where it can succeed
+    tried.clear()
+    config = config.replace(focus_on="failures", focus_give_up_after=3)
+    everything, given_up = focus_in_waves(suite, first[2:], run(first[2:], "first"), config, 1, run)
+    assert tried[never] == 3 and given_up == [never] and tried[sometimes] == 2 + 19
+    assert apportion(8, {"a": 1, "b": 1, "c": 1}) == {"a": 3, "b": 3, "c": 2}
+    assert apportion(3, {"a": 0.1, "b": 0.9, "c": 0}) == {"b": 3} and apportion(5, {}) == {}
 
 
 def test_an_attempt_the_server_dropped_is_run_again_alone_and_only_its_second_try_labelled(
