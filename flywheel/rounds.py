@@ -142,8 +142,9 @@ def focused_tasks(suite, episodes: list, budget: int, draw: int, focus_on: str =
 def focus_in_waves(
     suite, tasks: list, episodes: list, config: LoopConfig, draw: int, run
 ) -> tuple[list, list[str]]:
-    """After the first attempts (`tasks`, `episodes`), `config.attempt_focus` more fresh tasks, none of them met, run in waves of `attempt_concurrency` and shared again after
-    each wave by `focus_weights` of every attempt so far, so that the budget follows what the attempts find.
+    """After the first attempts (`tasks`, `episodes`), `config.attempt_focus` more fresh tasks (none met yet),
+    run in waves of `attempt_concurrency` and shared again after each wave by `focus_weights` of every attempt
+    so far, so that the budget follows what the attempts find.
     A template missed `focus_give_up_after` times this round without one success gets no more: the student
     almost surely cannot solve it yet, and each of its attempts would be one fewer where it sometimes can.
     Returns every attempt (the first ones, then the waves') and the templates given up, in that order."""
@@ -158,12 +159,14 @@ def focus_in_waves(
             queues.setdefault(task.template, []).append(task)
     given_up: list[str] = []
     budget = config.attempt_focus
-    while budget > 0:
+    while True:
         judged = [e for e in episodes if not server_failed(e)]
         tried, solved = Counter(e.template for e in judged), Counter(e.template for e in judged if e.success)
         # misses each template not solved yet may still have: a wave gives it no more than that
         misses_left = {t: config.focus_give_up_after - n for t, n in tried.items() if not solved[t]}
         given_up += sorted(t for t, n in misses_left.items() if n <= 0 and t not in given_up)
+        if budget <= 0:
+            break
         weights = {
             t: w
             for t, w in focus_weights(judged, config.focus_on).items()

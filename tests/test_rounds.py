@@ -610,6 +610,31 @@ def test_attempts_write_no_more_than_their_token_limit_per_request(tool_model, t
     assert json.loads((traces / "collection.json").read_text())["max_tokens"] == 3
 
 
+def test_the_served_student_attempts_in_waves_and_gives_up_on_what_it_misses_k_times(tool_model, tmp_path):
+    """`focus_give_up_after` with the student served by a real `mlx_lm server` behind the recorder: held to 3
+    tokens per request it misses every attempt, so after one first attempt per template each template gets
+    at most one focused attempt (k = 2), and collection.json names those given up."""
+    from rich.console import Console
+
+    from agent.tasks import load_suite
+    from flywheel.config import LoopConfig
+    from flywheel.rounds import attempt
+
+    config = LoopConfig(
+        attempt_tasks=7, attempts=1, attempt_max_tokens=3, attempt_concurrency=2,
+        attempt_focus=4, focus_on="optimistic", focus_give_up_after=2,
+    )  # fmt: skip
+    traces = tmp_path / "traces"
+    attempt(config, Path(tool_model), None, load_suite(config.suite), traces, 1, Console(file=io.StringIO()))
+    collection = json.loads((traces / "collection.json").read_text())
+    tried = {t: v["episodes"] for t, v in collection["by_template"].items()}
+    assert collection["episodes"] == 7 + 4 and collection["solved"] == 0 and len(tried) == 7
+    assert sorted(tried.values()) == [1, 1, 1, 2, 2, 2, 2]
+    assert collection["given_up"] == sorted(t for t, n in tried.items() if n == 2)
+    assert collection["focus_give_up_after"] == 2
+    assert len({record["session_id"] for record in read_records([traces])}) == 11
+
+
 def test_a_top_up_replays_lines_the_adapter_in_use_was_trained_on_beside_the_new_ones(tmp_path):
     """`top_up_replay` r: round(r × new) lines the adapter in use was trained on, drawn with the seed from this
     round's train split only (a round-1 line that round 2 put elsewhere is never replayed), each at most once.
