@@ -109,6 +109,7 @@ def attempt(
         f"  {collection['solved']}/{collection['episodes']} attempts solved: "
         + ", ".join(f"{t} {v['solved']}/{v['episodes']}" for t, v in collection["by_template"].items())
         + (f" ({collection['run_again']} run again after a server error)" if collection["run_again"] else "")
+        + (f"; given up after {config.focus_give_up_after} misses: {', '.join(given_up)}" if given_up else "")
     )
     return {"recorded": collection["recorded"], "solved": collection["solved"]}
 

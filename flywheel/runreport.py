@@ -124,9 +124,7 @@ def render(run: dict) -> str:
     names = {r["adapter"]: f"adapter {r['round']}" for r in run["rounds"]}
     for r in run["rounds"]:
         checks = r["decision"]["checks"]
-        source = r["collection"].get("teacher") or (
-            f"the student's successes ({r['collection'].get('solved')}/{r['collection'].get('episodes')} attempts)"
-        )
+        source = r["collection"].get("teacher") or attempts_summary(r["collection"])
         for i, check in enumerate(checks):
             p = check.get("p_one_sided", check.get("p_two_sided"))
             head = (
@@ -185,3 +183,21 @@ def write_run_report(config, reports_dir: Path, name: str, rounds: list[dict]) -
     html_path = json_path.with_suffix(".html")
     html_path.write_text(render(run))
     return json_path, html_path
+
+
+def attempts_summary(collection: dict) -> str:
+    """What a round ≥ 2 learned from: its attempts' successes, by template, and the templates it gave up on."""
+    by_template = ", ".join(
+        f"{t} {v['solved']}/{v['episodes']}" for t, v in (collection.get("by_template") or {}).items()
+    )
+    given_up = collection.get("given_up") or []
+    return (
+        f"the student's successes ({collection.get('solved')}/{collection.get('episodes')} attempts"
+        + (f": {by_template}" if by_template else "")
+        + (
+            f"; given up after {collection.get('focus_give_up_after')} misses: {', '.join(given_up)}"
+            if given_up
+            else ""
+        )
+        + ")"
+    )

@@ -619,6 +619,7 @@ def test_the_served_student_attempts_in_waves_and_gives_up_on_what_it_misses_k_t
     from agent.tasks import load_suite
     from flywheel.config import LoopConfig
     from flywheel.rounds import attempt
+    from flywheel.runreport import attempts_summary
 
     config = LoopConfig(
         attempt_tasks=7, attempts=1, attempt_max_tokens=3, attempt_concurrency=2,
@@ -632,6 +633,8 @@ def test_the_served_student_attempts_in_waves_and_gives_up_on_what_it_misses_k_t
     assert sorted(tried.values()) == [1, 1, 1, 2, 2, 2, 2]
     assert collection["given_up"] == sorted(t for t, n in tried.items() if n == 2)
     assert collection["focus_give_up_after"] == 2
+    # the run report says what the round learned from, and what it gave up on
+    assert f"given up after 2 misses: {', '.join(collection['given_up'])})" in attempts_summary(collection)
     assert len({record["session_id"] for record in read_records([traces])}) == 11
 
 
