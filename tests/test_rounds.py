@@ -737,3 +737,27 @@ def test_a_top_up_without_new_lines_stops_the_round_saying_why(tmp_path):
     with pytest.raises(LoopError, match=r"round-2/train.jsonl holds no line adapter 1 was not trained on"):
         top_up_round(config, tmp_path / "student", second, first, Console(file=io.StringIO()))
     assert not second.adapter.exists() and not (second.data / "top-up").exists()
+
+
+def test_giving_up_on_what_is_never_solved_sends_the_focused_attempts_to_the_rare_template_it_sometimes_solves(
+    tmp_path, capsys
+):
+    """bench/focus_allocation.py replays the loop's own allocation code with measured success rates: given up
+    after k misses, more of the same budget goes to `count_lines` (solved about one time in four) than one share
+    by the first attempts gives it, because `copy_value` and `append_line` (never solved) stop taking theirs."""
+    sys.path.insert(0, str(ROOT))
+    from bench.focus_allocation import main
+
+    measured = {
+        "append_line": (0, 40), "copy_value": (0, 40), "count_lines": (15, 60), "create_file": (50, 55),
+        "read_value": (9, 9), "run_script": (9, 9), "say_word": (9, 9),
+    }  # fmt: skip
+    collection = tmp_path / "collection.json"
+    collection.write_text(
+        json.dumps({"by_template": {t: {"solved": s, "episodes": n} for t, (s, n) in measured.items()}})
+    )
+    assert main(["--collections", str(collection), "--trials", "40", "--no-write"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    by_rule = {(r[0].strip(), r[1].strip()): float(r[2]) for r in rows[1:]}
+    assert by_rule[("48", "10")] > by_rule[("48", "never (one share)")] + 5
+    assert by_rule[("64", "10")] > by_rule[("64", "never (one share)")] + 5
