@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._report import publish  # noqa: E402
 
 # (focused attempts, give up after k misses; None: one share, as `focused_tasks` gives it)
-RULES = [(48, None), (48, 6), (48, 10), (64, None), (64, 10)]
+RULES = [(48, None), (64, None), (64, 6), (64, 10), (64, 15), (96, 15)]
 
 
 def pooled_rates(paths: list[Path]) -> tuple[dict[str, float], dict[str, tuple[int, int]]]:

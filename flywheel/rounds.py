@@ -146,8 +146,10 @@ def focus_in_waves(
     """After the first attempts (`tasks`, `episodes`), `config.attempt_focus` more fresh tasks (none met yet),
     run in waves of `attempt_concurrency` and shared again after each wave by `focus_weights` of every attempt
     so far, so that the budget follows what the attempts find.
-    A template missed `focus_give_up_after` times this round without one success gets no more: the student
-    almost surely cannot solve it yet, and each of its attempts would be one fewer where it sometimes can.
+    A template missed `focus_give_up_after` times this round without one success gets no more while another
+    template still may: the student almost surely cannot solve it yet, and each of its attempts would be one
+    fewer where it sometimes can. When every template with a claim was missed that often, they share what is
+    left (a rare template missed k times by chance still gets its chance, and no attempt goes unspent).
     Returns every attempt (the first ones, then the waves') and the templates given up, in that order."""
     from agent.episodes import server_failed
     from agent.tasks import fresh_train_tasks
@@ -160,20 +162,18 @@ def focus_in_waves(
             queues.setdefault(task.template, []).append(task)
     given_up: list[str] = []
     budget = config.attempt_focus
-    while True:
+    while budget > 0:
         judged = [e for e in episodes if not server_failed(e)]
         tried, solved = Counter(e.template for e in judged), Counter(e.template for e in judged if e.success)
-        # misses each template not solved yet may still have: a wave gives it no more than that
-        misses_left = {t: config.focus_give_up_after - n for t, n in tried.items() if not solved[t]}
-        given_up += sorted(t for t, n in misses_left.items() if n <= 0 and t not in given_up)
-        if budget <= 0:
-            break
-        weights = {
-            t: w
-            for t, w in focus_weights(judged, config.focus_on).items()
-            if t not in given_up and queues.get(t)
-        }
-        shares = apportion(min(budget, config.attempt_concurrency), weights)
+        claims = {t: w for t, w in focus_weights(judged, config.focus_on).items() if w and queues.get(t)}
+        # misses each claimant not solved yet may still have: a wave gives it no more than that
+        misses_left = {t: config.focus_give_up_after - tried[t] for t in claims if not solved[t]}
+        hopeful = {t: w for t, w in claims.items() if misses_left.get(t, 1) > 0}
+        if hopeful:
+            given_up += sorted(t for t in claims if t not in hopeful and t not in given_up)
+        else:  # every claimant was missed k times: there is nowhere better to go, so they share the rest
+            hopeful, misses_left = claims, {}
+        shares = apportion(min(budget, config.attempt_concurrency), hopeful)
         wave = [
             queues[t].pop(0)
             for t, n in shares.items()
