@@ -157,7 +157,7 @@ def test_the_readme_rare_work_commands_load_their_suites():
         )
         assert (topped.iters, topped.lr_warmup, topped.init_adapter, topped.lora_rank) == (45, 4, "a1", 8)
         assert (config.eval_concurrency, config.attempt_concurrency) == (8, 8)
-        assert (config.attempt_focus, config.focus_on, config.focus_give_up_after) == (64, "optimistic", 10)
+        assert (config.attempt_focus, config.focus_on, config.focus_give_up_after) == (64, "optimistic", 15)
         assert config.eval_max_tokens == 128
         assert (config.attempt_tasks, config.attempt_max_tokens, config.top_up_replay) == (21, 128, 2)
 
