@@ -5,8 +5,8 @@
 
 Round 2 learns only from the attempts that succeed (`flywheel.rounds.attempt`), and on the Qwen runs it was
 promoted when its attempts found several successes of the one rare template the student sometimes solves.
-This benchmark replays the loop's own allocation code (`flywheel.rounds.focused_tasks`, and
-`focus_in_waves` for `focus_give_up_after`) on the suite's real fresh tasks, with each attempt succeeding at
+This benchmark replays the loop's own allocation code (`flywheel.rounds.focused_attempts`: `focused_tasks`,
+or `focus_in_waves` for `focus_give_up_after`) on the suite's real fresh tasks, with each attempt succeeding at
 its template's success rate pooled from the given collection.json files (measured attempts of one adapter),
 many times over, and counts where the attempts went and how many succeeded. The model is not run: the rates
 are the measurement, the allocation is the code under test. Writes its section of docs/BENCHMARKS.md.
@@ -41,17 +41,14 @@ def pooled_rates(paths: list[Path]) -> tuple[dict[str, float], dict[str, tuple[i
 
 def one_round(suite, config, rates: dict[str, float], draw: int, rng: random.Random) -> list:
     """The attempts of one simulated round: the first ones, then the focused ones by the loop's own code."""
-    from flywheel.rounds import attempted_tasks, focus_in_waves, focused_tasks
+    from flywheel.rounds import attempted_tasks, focused_attempts
 
     def run(tasks, description=""):
         return [SimpleNamespace(template=t.template, success=rng.random() < rates.get(t.template, 0.0), error=None)
                 for t in tasks]  # fmt: skip
 
     tasks = attempted_tasks(suite, config, draw)
-    episodes = run(tasks)
-    if config.focus_give_up_after:
-        return focus_in_waves(suite, tasks, episodes, config, draw, run)[0]
-    return episodes + run(focused_tasks(suite, episodes, config.attempt_focus, draw, config.focus_on))
+    return focused_attempts(suite, tasks, run(tasks), config, draw, run)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 from core.turns import made_call
 from flywheel.config import LoopConfig
 from flywheel.promote import decide
+from flywheel.runreport import solved_by_template, write_run_report
 from flywheel.stages import stage_done
 from flywheel.steps import LoopError, curate_round, evaluate_round, top_up_round, train_round
 
@@ -58,12 +59,7 @@ def attempt(
             tasks,
             description=f"attempt · {len(tasks) // config.attempts} {config.attempt_on} tasks × {config.attempts}",
         )
-        given_up: list[str] = []
-        if config.attempt_focus and config.focus_give_up_after:
-            episodes, given_up = focus_in_waves(suite, tasks, episodes, config, draw, run)
-        elif config.attempt_focus:
-            extra = focused_tasks(suite, episodes, config.attempt_focus, draw, config.focus_on)
-            episodes += run(extra, description=f"attempt · {len(extra)} more, by {config.focus_on}")
+        episodes, given_up = focused_attempts(suite, tasks, episodes, config, draw, run)
     # one the server failed again is neither labelled nor trained on; a failing server stops the round
     broken = [e for e in episodes if server_failed(e)]
     if len(broken) > MAX_SERVER_ERROR_SHARE * len(episodes):
@@ -107,7 +103,7 @@ def attempt(
     (traces / "collection.json").write_text(json.dumps(collection, indent=2) + "\n")
     console.print(
         f"  {collection['solved']}/{collection['episodes']} attempts solved: "
-        + ", ".join(f"{t} {v['solved']}/{v['episodes']}" for t, v in collection["by_template"].items())
+        + solved_by_template(collection)
         + (f" ({collection['run_again']} run again after a server error)" if collection["run_again"] else "")
         + (f"; given up after {config.focus_give_up_after} misses: {', '.join(given_up)}" if given_up else "")
     )
@@ -138,6 +134,20 @@ def focused_tasks(suite, episodes: list, budget: int, draw: int, focus_on: str =
         return []
     shares = {t: round(budget * w / total) for t, w in weights.items() if w}
     return fresh_train_tasks(suite, shares, 1000 + draw)
+
+
+def focused_attempts(
+    suite, tasks: list, episodes: list, config: LoopConfig, draw: int, run
+) -> tuple[list, list[str]]:
+    """After the first attempts (`tasks`, `episodes`, run by `run`), the `attempt_focus` more: in waves that
+    give up on templates never solved (`focus_give_up_after`), else shared once by the first attempts.
+    Returns every attempt and the templates given up."""
+    if config.attempt_focus and config.focus_give_up_after:
+        return focus_in_waves(suite, tasks, episodes, config, draw, run)
+    if not config.attempt_focus:
+        return episodes, []
+    extra = focused_tasks(suite, episodes, config.attempt_focus, draw, config.focus_on)
+    return episodes + run(extra, description=f"attempt · {len(extra)} more, by {config.focus_on}"), []
 
 
 def focus_in_waves(
@@ -256,7 +266,6 @@ def side_point(report: dict, side: str) -> dict[str, Any]:
 
 def run_rounds(config: LoopConfig, student: Path, suite, all_paths: list, stages, console):
     """Rounds 2..N after round 1 (already run); returns (round summaries, best adapter or None, last paths)."""
-    from flywheel.runreport import write_run_report
 
     first = all_paths[0]
     test_split = first.data / "test.jsonl"  # every round is scored on the same held-out turns

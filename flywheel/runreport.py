@@ -187,9 +187,7 @@ def write_run_report(config, reports_dir: Path, name: str, rounds: list[dict]) -
 
 def attempts_summary(collection: dict) -> str:
     """What a round ≥ 2 learned from: its attempts' successes, by template, and the templates it gave up on."""
-    by_template = ", ".join(
-        f"{t} {v['solved']}/{v['episodes']}" for t, v in (collection.get("by_template") or {}).items()
-    )
+    by_template = solved_by_template(collection)
     given_up = collection.get("given_up") or []
     return (
         f"the student's successes ({collection.get('solved')}/{collection.get('episodes')} attempts"
@@ -200,4 +198,11 @@ def attempts_summary(collection: dict) -> str:
             else ""
         )
         + ")"
+    )
+
+
+def solved_by_template(collection: dict) -> str:
+    """A round's attempts solved, by template: "count_lines 8/28, create_file 16/19"."""
+    return ", ".join(
+        f"{t} {v['solved']}/{v['episodes']}" for t, v in (collection.get("by_template") or {}).items()
     )
